@@ -1,0 +1,266 @@
+"""Command-line arguments: dataclasses with help text, shared by every script.
+
+`ModelArguments` and `DataArguments` are the same objects for the Trainer and the
+Accelerate scripts; each loop adds its own dataclass (`TrainerArguments` here,
+`LoopArguments` in `train_loop`). `parse_arguments` reads them from the command line
+(`--flag 4` and `--flag=4`) or from one JSON/YAML file given as the only argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to fine-tune from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub model id (e.g. google-t5/t5-small) or path to a local model folder."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config name or path, if not the same as model_name_or_path."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer name or path, if not the same as model_name_or_path."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store models and data sets downloaded from the hub."}
+    )
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer when one exists."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Model version to use: a branch name, tag or commit id."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub token for private models and data sets (default: HF_TOKEN or the stored "
+            "`hf auth login`). Never written to any output file."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow models and data sets defined by code in their hub repository. Only for "
+            "repositories you trust: that code runs on your machine."
+        },
+    )
+    resize_position_embeddings: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Resize the model's position embeddings when --max_source_length is larger "
+            "than they allow (default: refuse with an error)."
+        },
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data comes from, which columns to use, and how to preprocess it."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub data set name (e.g. cnn_dailymail) or path to a local data set folder."},
+    )
+    dataset_config_name: str | None = field(
+        default=None,
+        metadata={"help": "Data set configuration (e.g. 3.0.0).", "aliases": ["--dataset_config"]},
+    )
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Column with the full text to summarize (default: known per data set, else the first column)."},
+    )
+    summary_column: str | None = field(
+        default=None,
+        metadata={"help": "Column with the reference summary (default: known per data set, else the second column)."},
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data: a .csv, .json, .jsonl or .parquet file."}
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data: a .csv, .json, .jsonl or .parquet file."}
+    )
+    test_file: str | None = field(
+        default=None, metadata={"help": "Prediction data: a .csv, .json, .jsonl or .parquet file."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Tokenize again instead of reusing the cached result."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Worker processes for tokenization (default: 1)."}
+    )
+    max_source_length: int = field(
+        default=1024, metadata={"help": "Longest input in tokens after tokenization; longer ones are truncated."}
+    )
+    max_target_length: int = field(
+        default=128, metadata={"help": "Longest training target in tokens; longer ones are truncated."}
+    )
+    val_max_target_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest evaluation/prediction target and generation length "
+            "(default: --max_target_length)."
+        },
+    )
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Pad every example to the maximum length instead of per batch (needed for static shapes on TPU)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples (for quick trials)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation examples."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N prediction (test) examples."}
+    )
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beams for generation in evaluation and prediction (default: the model's)."}
+    )
+    ignore_pad_token_for_loss: bool = field(
+        default=True, metadata={"help": "Ignore padded label tokens in the loss."}
+    )
+    source_prefix: str | None = field(
+        default=None, metadata={"help": 'Text put before every input, e.g. "summarize: " for T5 models.'}
+    )
+
+    def __post_init__(self):
+        if self.val_max_target_length is None:
+            self.val_max_target_length = self.max_target_length
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name} must be at least 1, got {value}.")
+        for name in ("max_source_length", "max_target_length", "val_max_target_length"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+
+
+# Flags that transformers 5 removed but that the seed document and older commands use.
+LEGACY_FLAG_HELP = "(compatibility flag from older transformers; mapped onto today's equivalent)"
+
+
+@dataclass
+class TrainerArguments(Seq2SeqTrainingArguments):
+    """transformers' Seq2SeqTrainingArguments plus the flags older commands still pass."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where checkpoints, the final model and all results are written (required)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in a non-empty --output_dir: seqtune's own checkpoints and result files "
+            "there are replaced. Without it, a run resumes from the newest complete checkpoint."
+        },
+    )
+    push_to_hub_model_id: str | None = field(
+        default=None, metadata={"help": f"Same as --hub_model_id {LEGACY_FLAG_HELP}."}
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": f"Same as --eval_strategy {LEGACY_FLAG_HELP}."}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": f"Same as --train_sampling_strategy group_by_length {LEGACY_FLAG_HELP}."},
+    )
+    tpu_num_cores: int | None = field(
+        default=None,
+        metadata={"help": f"Ignored: xla_spawn.py --num_cores sets the TPU cores {LEGACY_FLAG_HELP}."},
+    )
+    no_cuda: bool = field(default=False, metadata={"help": f"Same as --use_cpu {LEGACY_FLAG_HELP}."})
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise UserError("--output_dir is required: the folder where the model and results go.")
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.push_to_hub_model_id and not self.hub_model_id:
+            self.hub_model_id = self.push_to_hub_model_id
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        if self.no_cuda:
+            self.use_cpu = True
+        import torch
+
+        if self.fp16 and not torch.cuda.is_available() and not self.use_cpu and not _xla_device_available():
+            raise UserError(
+                "--fp16 needs a CUDA GPU and none is visible. Fix: use --bf16 for mixed precision on a CPU, "
+                "or drop --fp16."
+            )
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning only helps copies to a GPU
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            raise UserError(f"invalid training arguments: {error}") from None
+
+
+def _xla_device_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_xla") is not None
+
+
+def _normalise_config_keys(config: dict, dataclass_types) -> dict:
+    """Accept a flag's alias (e.g. dataset_config) as a key in a config file."""
+    aliases = {}
+    for dataclass_type in dataclass_types:
+        for f in fields(dataclass_type):
+            for alias in f.metadata.get("aliases", []) or []:
+                aliases[alias.lstrip("-")] = f.name
+    return {aliases.get(key, key): value for key, value in config.items()}
+
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist.")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        if path.endswith(".json"):
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except (json.JSONDecodeError, ValueError) as error:
+        raise UserError(f"config file {path} is not valid JSON: {error}") from None
+    except Exception as error:  # yaml.YAMLError carries the line and column
+        raise UserError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path} must hold a mapping of flag names to values.")
+    return config
+
+
+def parse_arguments(dataclass_types, argv: list[str] | None = None, prog: str | None = None):
+    """Parse the command line (or a single JSON/YAML config file) into the dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    if len(argv) == 1 and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
+        path = os.path.abspath(argv[0])
+        config = _normalise_config_keys(_read_config_file(path), dataclass_types)
+        try:
+            return parser.parse_dict(config, allow_extra_keys=False)
+        except ValueError as error:
+            raise UserError(f"config file {path}: {error}") from None
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # unknown flags end up here, after argparse's own checks
+        raise UserError(f"{error}. Run with -h to list the flags.") from None

@@ -1,0 +1,30 @@
+"""The `seqtune` command: `seqtune demo`, `seqtune train ...` (the Trainer script)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "demo": "run the embedded default end to end: tiny model, built-in data, ROUGE before and after",
+    "train": "fine-tune with transformers' Seq2SeqTrainer (same flags as run_summarization.py)",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="seqtune", description="Fine-tune sequence-to-sequence models.")
+        parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+        parser.parse_args(argv[:1])
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        from .demo import main as run
+    elif command == "train":
+        from .train_trainer import main as run
+    run(rest)
+
+
+if __name__ == "__main__":
+    main()

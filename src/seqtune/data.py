@@ -1,0 +1,494 @@
+"""Data: where the rows come from, which columns, validation, sample caps, tokenization.
+
+Every problem a user can fix becomes a `UserError` naming the file, the line (and the
+column where it is known) and the fix. This module knows nothing of training loops:
+the Trainer and the Accelerate recipes call the same functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import datasets
+from datasets import DatasetDict
+
+from .arguments import DataArguments, ModelArguments
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# File extension -> datasets' builder name.
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+# Text and summary columns of well-known summarization data sets, so that their users
+# need no --text_column/--summary_column (a folder with the same name counts too).
+KNOWN_COLUMNS = {
+    "amazon_reviews_multi": ("review_body", "review_title"),
+    "big_patent": ("description", "abstract"),
+    "billsum": ("text", "summary"),
+    "cnn_dailymail": ("article", "highlights"),
+    "gigaword": ("document", "summary"),
+    "multi_news": ("document", "summary"),
+    "orange_sum": ("text", "summary"),
+    "pn_summary": ("article", "summary"),
+    "psc": ("extract_text", "summary_text"),
+    "reddit_tifu": ("documents", "tldr"),
+    "samsum": ("dialogue", "summary"),
+    "scientific_papers": ("article", "abstract"),
+    "thaisum": ("body", "summary"),
+    "wiki_summary": ("article", "highlights"),
+    "wikihow": ("text", "headline"),
+    "xglue": ("news_body", "news_title"),
+    "xlsum": ("text", "summary"),
+    "xsum": ("document", "summary"),
+}
+
+SPLIT_FILE_FLAGS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
+SPLIT_NEEDED_BY = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}
+SPLIT_CAP_FLAGS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
+
+
+@dataclass
+class RawData:
+    """The raw splits a run needs, with the two columns it uses."""
+
+    splits: DatasetDict
+    text_column: str
+    summary_column: str
+    source: str  # a short description for logs, reports and model cards
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _decoded_lines(path: str):
+    """Yield (line number, text) of a UTF-8 file; a bad byte is a UserError with its place."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(
+                    f"{path}, line {number}, column {error.start + 1}: the file is not valid UTF-8 "
+                    f"(byte 0x{raw[error.start]:02x}). Fix: re-save the file with UTF-8 encoding."
+                ) from None
+            yield number, text
+
+
+def _validate_csv(path: str) -> list[str]:
+    lines = _decoded_lines(path)
+    reader = csv.reader((text for _, text in lines), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None or not any(cell.strip() for cell in header):
+            raise UserError(f"{path} is empty: it needs a header line naming the columns, then one row per example.")
+        blank = [i + 1 for i, name in enumerate(header) if not name.strip()]
+        if blank:
+            raise UserError(f"{path}, line 1, column {blank[0]}: the header has an empty column name. Fix: name every column.")
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise UserError(f"{path}, line 1: the header names column {duplicates[0]!r} twice. Fix: give each column its own name.")
+        rows = 0
+        for row in reader:
+            if not row:  # a blank line
+                continue
+            rows += 1
+            if len(row) != len(header):
+                raise UserError(
+                    f"{path}, line {reader.line_num}: expected {len(header)} fields ({', '.join(header)}), "
+                    f"found {len(row)}. Fix: quote fields that contain commas or line breaks with double quotes."
+                )
+    except csv.Error as error:
+        raise UserError(
+            f"{path}, line {reader.line_num}: malformed CSV ({error}). Fix: close every double quote and "
+            f'write quotes inside a field as "".'
+        ) from None
+    except UnicodeDecodeError:  # pragma: no cover - _decoded_lines reports it
+        raise
+    if rows == 0:
+        raise UserError(f"{path} has a header but no rows: add at least one example.")
+    return header
+
+
+_JSON_TYPE_NAMES = {str: "text", bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+class _ColumnTypes:
+    """Remembers where each column was first seen with each JSON type, to report conflicts."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.first_seen: dict[str, tuple[str, int]] = {}
+        self.order: list[str] = []
+
+    def add(self, record, line: int, where: str):
+        if not isinstance(record, dict):
+            raise UserError(
+                f"{self.path}, {where}: expected an object like {{\"text\": ..., \"summary\": ...}}, "
+                f"found {_JSON_TYPE_NAMES.get(type(record), type(record).__name__)}. Fix: one JSON object per example."
+            )
+        for key, value in record.items():
+            if value is None:
+                continue
+            kind = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+            seen = self.first_seen.get(key)
+            if seen is None:
+                self.first_seen[key] = (kind, line)
+                self.order.append(key)
+            elif seen[0] != kind:
+                raise UserError(
+                    f"{self.path}, {where}: column {key!r} holds {kind} here but {seen[0]} on line {seen[1]}. "
+                    f"Fix: give every row the same type in that column (quote numbers meant as text)."
+                )
+
+
+def _validate_json_lines(path: str) -> list[str]:
+    types = _ColumnTypes(path)
+    rows = 0
+    for number, text in _decoded_lines(path):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"{path}, line {number}, column {error.colno}: invalid JSON ({error.msg}). "
+                f"Fix: write one complete JSON object per line (JSON Lines)."
+            ) from None
+        types.add(record, number, f"line {number}")
+        rows += 1
+    if rows == 0:
+        raise UserError(f"{path} is empty: write one JSON object per line, e.g. {{\"text\": ..., \"summary\": ...}}.")
+    return types.order
+
+
+def _validate_json(path: str) -> tuple[list[str], str | None]:
+    """A .json file is JSON Lines, a list of objects, or an object holding one such list."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip()
+    if not head.startswith(b"["):
+        # Either JSON Lines or one object; try the whole file as one document first.
+        if head.startswith(b"{"):
+            document = _try_parse_whole(path)
+            if isinstance(document, dict):
+                lists = [key for key, value in document.items() if isinstance(value, list)]
+                if len(lists) == 1 and all(isinstance(v, list) for v in document.values()) and len(document) == 1:
+                    return _validate_records(path, document[lists[0]]), lists[0]
+        return _validate_json_lines(path), None
+    document = _try_parse_whole(path, strict=True)
+    return _validate_records(path, document), None
+
+
+def _try_parse_whole(path: str, strict: bool = False):
+    text = "".join(t for _, t in _decoded_lines(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if strict:
+            raise UserError(
+                f"{path}, line {error.lineno}, column {error.colno}: invalid JSON ({error.msg}). "
+                f"Fix: correct the JSON, or write one object per line as JSON Lines (.jsonl)."
+            ) from None
+        return None
+
+
+def _validate_records(path: str, records) -> list[str]:
+    if not isinstance(records, list):
+        raise UserError(f"{path}: expected a list of objects. Fix: write [{{\"text\": ..., \"summary\": ...}}, ...].")
+    types = _ColumnTypes(path)
+    for index, record in enumerate(records):
+        types.add(record, index + 1, f"record {index + 1}")
+    if not records:
+        raise UserError(f"{path} holds no records: add at least one example.")
+    return types.order
+
+
+def _validate_parquet(path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+        schema = pq.read_schema(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path} is not a readable Parquet file ({error}). Fix: write it again, e.g. with pandas.DataFrame.to_parquet.") from None
+    if metadata.num_rows == 0:
+        raise UserError(f"{path} has no rows: add at least one example.")
+    return list(schema.names)
+
+
+def validate_data_file(path: str, flag: str) -> tuple[str, list[str], dict]:
+    """Check one data file before datasets reads it; return (builder, columns, builder kwargs)."""
+    if not os.path.exists(path):
+        raise UserError(f"--{flag} {path}: no such file. Fix: check the path (relative paths start at {os.getcwd()}).")
+    if os.path.isdir(path):
+        raise UserError(f"--{flag} {path} is a folder. Fix: pass a .csv, .json, .jsonl or .parquet file, or use --dataset_name for a data set folder.")
+    extension = os.path.splitext(path)[1].lower()
+    builder = FILE_BUILDERS.get(extension)
+    if builder is None:
+        raise UserError(
+            f"--{flag} {path}: unsupported file type {extension or '(no extension)'!r}. "
+            f"Fix: use one of {', '.join(sorted(FILE_BUILDERS))}."
+        )
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty: add at least one example.")
+    kwargs: dict = {}
+    if builder == "csv":
+        columns = _validate_csv(path)
+        # Read every column as text: a summary column of digits stays text, empty cells become None.
+        kwargs["dtype"] = str
+        kwargs["keep_default_na"] = False
+        kwargs["na_values"] = [""]
+    elif builder == "parquet":
+        columns = _validate_parquet(path)
+    elif extension == ".jsonl":
+        columns = _validate_json_lines(path)
+    else:
+        columns, field_name = _validate_json(path)
+        if field_name:
+            kwargs["field"] = field_name
+    return builder, columns, kwargs
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def known_columns_for(dataset_name: str | None) -> tuple[str, str] | None:
+    """Columns of a well-known data set, by hub id (any namespace) or local folder name."""
+    if not dataset_name:
+        return None
+    base = os.path.basename(os.path.normpath(dataset_name)).lower()
+    return KNOWN_COLUMNS.get(base)
+
+
+def resolve_columns(column_names: list[str], data_args: DataArguments, where: str) -> tuple[str, str]:
+    """The text and summary columns: from the flags, from the known data set, or the first two."""
+    known = known_columns_for(data_args.dataset_name)
+    text_column = data_args.text_column or (known[0] if known else None)
+    summary_column = data_args.summary_column or (known[1] if known else None)
+    if text_column is None or summary_column is None:
+        remaining = [c for c in column_names if c not in (text_column, summary_column)]
+        if len(column_names) < 2:
+            raise UserError(
+                f"{where} has only the column(s) {column_names}: seqtune needs a text column and a summary "
+                f"column. Fix: add them, or name them with --text_column and --summary_column."
+            )
+        text_column = text_column or remaining.pop(0)
+        summary_column = summary_column or remaining.pop(0)
+    for flag, name in (("text_column", text_column), ("summary_column", summary_column)):
+        if name not in column_names:
+            raise UserError(
+                f"--{flag} {name!r} is not a column of {where}; its columns are: {', '.join(column_names)}. "
+                f"Fix: pass --{flag} with one of them."
+            )
+    if text_column == summary_column:
+        raise UserError(f"the text and summary columns are both {text_column!r}. Fix: pass two different columns.")
+    return text_column, summary_column
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _load_from_files(data_args: DataArguments, model_args: ModelArguments, wanted: list[str]) -> tuple[DatasetDict, dict]:
+    splits = {}
+    columns_by_split = {}
+    for split in wanted:
+        flag = SPLIT_FILE_FLAGS[split]
+        path = getattr(data_args, flag)
+        if path is None:
+            continue
+        builder, columns, kwargs = validate_data_file(path, flag)
+        try:
+            loaded = datasets.load_dataset(
+                builder, data_files={split: os.path.abspath(path)}, cache_dir=model_args.cache_dir, **kwargs
+            )
+        except Exception as error:  # the file passed our checks; report what datasets says about it
+            raise UserError(f"could not read {path}: {error}. Fix: check the file's format.") from None
+        splits[split] = loaded[split]
+        columns_by_split[split] = path
+    return DatasetDict(splits), columns_by_split
+
+
+def _load_named_dataset(data_args: DataArguments, model_args: ModelArguments) -> DatasetDict:
+    name = data_args.dataset_name
+    try:
+        loaded = datasets.load_dataset(
+            name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, token=model_args.token
+        )
+    except FileNotFoundError as error:
+        raise UserError(
+            f"data set {name!r} was not found ({error}). Fix: check the name; offline (HF_HUB_OFFLINE=1), pass the "
+            f"path of a local data set folder, or use --train_file/--validation_file/--test_file."
+        ) from None
+    except ValueError as error:  # e.g. an unknown config name, with the available ones listed
+        raise UserError(f"data set {name!r}: {error}") from None
+    except Exception as error:  # network, auth, corrupt download: all fixable by the user
+        raise UserError(
+            f"could not load data set {name!r} ({type(error).__name__}: {error}). Fix: check the name, your network "
+            f"and token, or pass a local folder or files."
+        ) from None
+    if not isinstance(loaded, DatasetDict):
+        loaded = DatasetDict({"train": loaded})
+    return loaded
+
+
+def load_raw_data(
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    wanted: list[str],
+) -> RawData:
+    """Load the splits the run needs (train/validation/test), validated, filtered and capped."""
+    have_files = any(getattr(data_args, flag) for flag in SPLIT_FILE_FLAGS.values())
+    if data_args.dataset_name is None and not have_files:
+        raise UserError(
+            "no data given. Fix: pass --dataset_name (a hub data set or local folder) or "
+            "--train_file/--validation_file/--test_file (or run `seqtune demo` for the built-in example)."
+        )
+    if data_args.dataset_name is not None and have_files:
+        raise UserError("pass either --dataset_name or data files (--train_file/...), not both.")
+
+    if data_args.dataset_name is not None:
+        loaded = _load_named_dataset(data_args, model_args)
+        where = {split: f"data set {data_args.dataset_name!r} split {split!r}" for split in loaded}
+        source = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+    else:
+        loaded, paths = _load_from_files(data_args, model_args, wanted)
+        where = paths
+        source = ", ".join(os.path.basename(p) for p in paths.values())
+
+    for split in wanted:
+        if split not in loaded:
+            how = (
+                f"pass --{SPLIT_FILE_FLAGS[split]}"
+                if data_args.dataset_name is None
+                else f"data set {data_args.dataset_name!r} has only the splits {', '.join(loaded)}"
+            )
+            raise UserError(f"{SPLIT_NEEDED_BY[split]} needs a {split} split: {how}.")
+    splits = DatasetDict({split: loaded[split] for split in wanted})
+    if not splits:
+        raise UserError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
+
+    first = wanted[0]
+    text_column, summary_column = resolve_columns(splits[first].column_names, data_args, where[first])
+    for split, dataset in splits.items():
+        if split != first:
+            resolve_columns(dataset.column_names, data_args, where[split])  # same columns everywhere
+        for column in (text_column, summary_column):
+            dtype = getattr(dataset.features[column], "dtype", None)
+            if dtype not in ("string", "large_string"):
+                raise UserError(
+                    f"column {column!r} of {where[split]} holds {dtype or type(dataset.features[column]).__name__}, "
+                    f"not text. Fix: choose a text column with --text_column/--summary_column."
+                )
+
+    splits = DatasetDict(
+        {
+            split: _drop_empty_rows(dataset, text_column, summary_column, where[split], getattr(data_args, SPLIT_CAP_FLAGS[split]))
+            for split, dataset in splits.items()
+        }
+    )
+    return RawData(splits=splits, text_column=text_column, summary_column=summary_column, source=source)
+
+
+def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str, cap: int | None):
+    """Drop rows whose text or summary is empty, then keep the first `cap` rows."""
+    texts = dataset[text_column]
+    summaries = dataset[summary_column]
+    keep = [
+        index
+        for index, (text, summary) in enumerate(zip(texts, summaries))
+        if text is not None and summary is not None and text.strip() and summary.strip()
+    ]
+    dropped = len(dataset) - len(keep)
+    if dropped:
+        logger.warning("%s: dropped %d of %d rows with an empty text or summary.", where, dropped, len(dataset))
+    if not keep:
+        raise UserError(
+            f"{where} has no usable rows: every row has an empty {text_column!r} or {summary_column!r}. "
+            f"Fix: fill them in, or choose other columns with --text_column/--summary_column."
+        )
+    if cap is not None:
+        keep = keep[:cap]
+    if dropped or len(keep) < len(dataset):
+        dataset = dataset.select(keep)
+    return dataset
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def tokenize_split(
+    dataset,
+    tokenizer,
+    data_args: DataArguments,
+    text_column: str,
+    summary_column: str,
+    max_target_length: int,
+    description: str,
+    main_process_first=contextlib.nullcontext,
+):
+    """Tokenize one split: prefixed inputs to `input_ids`, summaries to `labels` (cached by datasets)."""
+    prefix = data_args.source_prefix or ""
+    padding = "max_length" if data_args.pad_to_max_length else False
+    mask_padding = padding == "max_length" and data_args.ignore_pad_token_for_loss
+    max_source_length = data_args.max_source_length
+
+    def preprocess(batch):
+        inputs = [prefix + text for text in batch[text_column]]
+        model_inputs = tokenizer(inputs, max_length=max_source_length, padding=padding, truncation=True)
+        labels = tokenizer(text_target=batch[summary_column], max_length=max_target_length, padding=padding, truncation=True)
+        label_ids = labels["input_ids"]
+        if mask_padding:
+            label_ids = [[(t if t != tokenizer.pad_token_id else -100) for t in ids] for ids in label_ids]
+        model_inputs["labels"] = label_ids
+        return model_inputs
+
+    with main_process_first():
+        return dataset.map(
+            preprocess,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=dataset.column_names,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc=description,
+        )
+
+
+def tokenize_splits(raw: RawData, tokenizer, data_args: DataArguments, main_process_first=contextlib.nullcontext) -> DatasetDict:
+    """Tokenize every split of `raw`: training targets up to max_target_length, others up to val_max_target_length."""
+    tokenized = {}
+    for split, dataset in raw.splits.items():
+        target_length = data_args.max_target_length if split == "train" else data_args.val_max_target_length
+        tokenized[split] = tokenize_split(
+            dataset,
+            tokenizer,
+            data_args,
+            raw.text_column,
+            raw.summary_column,
+            target_length,
+            description=f"Tokenizing the {split} split",
+            main_process_first=main_process_first,
+        )
+    return DatasetDict(tokenized)
+
+
+def build_collator(tokenizer, model, data_args: DataArguments, pad_to_multiple_of: int | None = None):
+    """Pad each batch to its longest example (or keep the fixed padding of --pad_to_max_length)."""
+    from transformers import DataCollatorForSeq2Seq, default_data_collator
+
+    if data_args.pad_to_max_length:
+        return default_data_collator
+    label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
+    return DataCollatorForSeq2Seq(
+        tokenizer, model=model, label_pad_token_id=label_pad, pad_to_multiple_of=pad_to_multiple_of
+    )
+
+
+def wanted_splits(do_train: bool, do_eval: bool, do_predict: bool) -> list[str]:
+    return [split for split, flag in (("train", do_train), ("validation", do_eval), ("test", do_predict)) if flag]

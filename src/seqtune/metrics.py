@@ -1,0 +1,82 @@
+"""ROUGE computed offline: rouge-score with stemming, sentences split without downloads.
+
+The Hugging Face scripts split sentences for rougeLsum with `nltk.sent_tokenize`, which
+needs `nltk.download("punkt")` at run time and so fails on offline clusters. seqtune
+splits on sentence-ending punctuation (and existing line breaks) instead; scores are the
+mean F-measure over examples, times 100.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+# A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) before
+# white space and the next sentence's first character.
+_SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences without any model or download."""
+    sentences = []
+    for line in text.splitlines():
+        sentences.extend(part.strip() for part in _SENTENCE_BOUNDARY.split(line) if part.strip())
+    return sentences
+
+
+def _for_rouge_lsum(text: str) -> str:
+    # rouge-score's rougeLsum treats newlines as sentence boundaries.
+    return "\n".join(split_sentences(text.strip()))
+
+
+_scorer = None
+
+
+def _get_scorer():
+    global _scorer
+    if _scorer is None:
+        _scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    return _scorer
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE F-measures (x100, 4 decimals) of predictions against references."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        return {name: 0.0 for name in ROUGE_TYPES}
+    scorer = _get_scorer()
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(_for_rouge_lsum(reference), _for_rouge_lsum(prediction))
+        for name in ROUGE_TYPES:
+            totals[name] += scores[name].fmeasure
+    return {name: round(100 * total / len(predictions), 4) for name, total in totals.items()}
+
+
+def decode_token_ids(token_ids, tokenizer) -> list[str]:
+    """Decode generated or label ids; -100 (ignored labels, gather padding) counts as padding."""
+    token_ids = np.asarray(token_ids)
+    token_ids = np.where(token_ids < 0, tokenizer.pad_token_id, token_ids)
+    return [text.strip() for text in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+
+
+def generation_length(token_ids, pad_token_id: int) -> float:
+    """Mean number of non-padding tokens per generated sequence."""
+    token_ids = np.asarray(token_ids)
+    if token_ids.size == 0:
+        return 0.0
+    return float(np.mean(np.sum((token_ids != pad_token_id) & (token_ids >= 0), axis=-1)))
+
+
+def summary_metrics(generated_ids, label_ids, tokenizer) -> dict[str, float]:
+    """ROUGE and mean generation length of generated ids against label ids."""
+    predictions = decode_token_ids(generated_ids, tokenizer)
+    references = decode_token_ids(label_ids, tokenizer)
+    metrics = rouge(predictions, references)
+    metrics["gen_len"] = round(generation_length(generated_ids, tokenizer.pad_token_id), 4)
+    return metrics

@@ -1,0 +1,130 @@
+"""Model and tokenizer from a hub name or a local path, with the checks seq2seq models need."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .arguments import DataArguments, ModelArguments
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Model types pre-trained with a task prefix ("summarize: ") that they expect in fine-tuning.
+PREFIX_MODEL_TYPES = {"t5", "mt5", "umt5", "longt5", "switch_transformers"}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((os.sep, ".", "~")) or os.path.isabs(name) or name.count("/") > 1
+
+
+def _explain_load_error(kind: str, name: str, error: Exception) -> UserError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    hint = (
+        "offline (HF_HUB_OFFLINE=1) the model must already be in the Hugging Face cache, or pass a local folder"
+        if offline
+        else "check the name (e.g. google-t5/t5-small) or the folder, your network, and --token for private models"
+    )
+    return UserError(f"could not load the {kind} from {name!r}: {error}. Fix: {hint}.")
+
+
+def is_prefix_model(config, name: str | None) -> bool:
+    return getattr(config, "model_type", None) in PREFIX_MODEL_TYPES or (name is not None and "t5" in name.lower())
+
+
+def load_tokenizer(name: str, model_args: ModelArguments):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            name,
+            cache_dir=model_args.cache_dir,
+            use_fast=model_args.use_fast_tokenizer,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise _explain_load_error("tokenizer", name, error) from None
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments):
+    """Load (tokenizer, model) and apply the checks of the Hugging Face summarization script."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    name = model_args.model_name_or_path
+    if not name:
+        raise UserError(
+            "no model given. Fix: pass --model_name_or_path (e.g. google-t5/t5-small or a local folder), "
+            "or run `seqtune demo` for the built-in tiny model."
+        )
+    for flag, value in (("model_name_or_path", name), ("config_name", model_args.config_name), ("tokenizer_name", model_args.tokenizer_name)):
+        if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
+            raise UserError(f"--{flag} {value}: no such folder. Fix: check the path, or pass a hub model id.")
+
+    config_name = model_args.config_name or name
+    try:
+        config = AutoConfig.from_pretrained(
+            config_name,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise _explain_load_error("model config", config_name, error) from None
+    if not getattr(config, "is_encoder_decoder", False):
+        raise UserError(
+            f"{name!r} is a {config.model_type} model, not an encoder-decoder (sequence-to-sequence) model. "
+            f"Fix: use a model such as T5, BART, Pegasus or mT5."
+        )
+
+    tokenizer = load_tokenizer(model_args.tokenizer_name or name, model_args)
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            name,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise _explain_load_error("model", name, error) from None
+
+    # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
+    embedding_size = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embedding_size:
+        model.resize_token_embeddings(len(tokenizer))
+
+    if model.config.decoder_start_token_id is None:
+        raise UserError(
+            f"the model {name!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
+            f"(usually the pad or bos token id)."
+        )
+    check_position_embeddings(model, model_args, data_args)
+    if is_prefix_model(model.config, name) and data_args.source_prefix is None:
+        logger.warning(
+            "%s is a T5-style model but no --source_prefix was given: pass --source_prefix \"summarize: \" "
+            "as the model was pre-trained with it.",
+            name,
+        )
+    return tokenizer, model
+
+
+def check_position_embeddings(model, model_args: ModelArguments, data_args: DataArguments) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None or data_args.max_source_length <= limit:
+        return
+    if model_args.resize_position_embeddings is False:
+        raise UserError(
+            f"--max_source_length {data_args.max_source_length} exceeds the model's {limit} position embeddings. "
+            f"Fix: pass --max_source_length {limit} or less, or --resize_position_embeddings."
+        )
+    if not hasattr(model, "resize_position_embeddings"):
+        raise UserError(
+            f"--max_source_length {data_args.max_source_length} exceeds the model's {limit} position embeddings and "
+            f"this model cannot resize them. Fix: pass --max_source_length {limit} or less."
+        )
+    logger.warning("Resizing position embeddings from %d to %d.", limit, data_args.max_source_length)
+    model.resize_position_embeddings(data_args.max_source_length)

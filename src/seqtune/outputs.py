@@ -1,0 +1,379 @@
+"""Everything a run writes besides checkpoints: the output dir's safety rules, results
+JSON, predictions, the saved arguments, the final model and the model card.
+
+Only the main process writes; every function here checks `is_main_process()` itself so
+that callers need not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+from . import __version__
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    MANIFEST_NAME,
+    STAGING_DIR_NAME,
+    TRASH_PREFIX,
+    checkpoint_step,
+    clean_leftovers,
+    incomplete_reason,
+    newest_checkpoint,
+)
+from .errors import UserError
+from .runtime import barrier, is_main_process
+
+logger = logging.getLogger(__name__)
+
+RUN_MARKER = "seqtune_run.json"
+ARGS_FILE = "seqtune_args.json"
+PREDICTIONS_FILE = "generated_predictions.txt"
+SECRET_FIELDS = ("token", "hub_token", "push_to_hub_token")
+REDACTED = "<redacted>"
+
+# Files seqtune writes at the top of an output dir; --overwrite_output_dir replaces only these
+# (and checkpoint folders), never anything else the user keeps there.
+OWN_FILES = {
+    RUN_MARKER,
+    ARGS_FILE,
+    PREDICTIONS_FILE,
+    "train_results.json",
+    "eval_results.json",
+    "predict_results.json",
+    "all_results.json",
+    "trainer_state.json",
+    "training_args.bin",
+    "README.md",
+    "report.html",
+    "log_history.jsonl",
+}
+
+
+# --------------------------------------------------------------------------- output dir
+
+
+def _listing(output_dir: str, limit: int = 5) -> str:
+    names = sorted(os.listdir(output_dir))
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+def _read_run_marker(output_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(output_dir, RUN_MARKER), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_output_dir(
+    output_dir: str,
+    overwrite: bool,
+    resume_from_checkpoint: str | None,
+    do_train: bool,
+) -> str | None:
+    """Apply the output-dir rules; return the checkpoint to resume from, if any.
+
+    - `--resume_from_checkpoint PATH`: that checkpoint (it must be complete).
+    - Non-empty dir without `--overwrite_output_dir`: resume from its newest complete
+      checkpoint; a seqtune run killed before its first checkpoint starts again; anything
+      else is refused, so nothing of the user's is overwritten.
+    - With `--overwrite_output_dir`: seqtune's own files and checkpoints are removed first.
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output_dir {output_dir} is a file. Fix: pass a folder path.")
+
+    if resume_from_checkpoint:
+        path = os.path.expanduser(resume_from_checkpoint)
+        if not os.path.isdir(path):
+            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder.")
+        reason = incomplete_reason(path)
+        if reason is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)):
+            raise UserError(
+                f"--resume_from_checkpoint {resume_from_checkpoint} is incomplete ({reason}). "
+                f"Fix: resume from an earlier checkpoint."
+            )
+        if reason is not None:
+            logger.warning("%s has no seqtune manifest; resuming from it as it is.", path)
+        if not do_train:
+            logger.warning("--resume_from_checkpoint has no effect without --do_train.")
+        _check_writable(output_dir)
+        return path
+
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        _check_writable(output_dir)
+        return None
+
+    if overwrite:
+        if is_main_process():
+            remove_own_files(output_dir)
+        barrier()
+        _check_writable(output_dir)
+        return None
+
+    checkpoint = newest_checkpoint(output_dir) if do_train else None
+    if checkpoint is not None:
+        logger.info("Resuming from %s, the newest complete checkpoint in %s.", checkpoint, output_dir)
+        return checkpoint
+    marker = _read_run_marker(output_dir)
+    if do_train and marker is not None and marker.get("status") == "running":
+        logger.info("%s holds a seqtune run stopped before its first checkpoint; starting it again.", output_dir)
+        return None
+    what = "a finished seqtune run" if marker is not None else "files"
+    raise UserError(
+        f"--output_dir {output_dir} already holds {what} and no checkpoint to resume from ({_listing(output_dir)}). "
+        f"Fix: pass --overwrite_output_dir to replace seqtune's files there, or choose another --output_dir."
+    )
+
+
+def _check_writable(output_dir: str) -> None:
+    if not is_main_process():
+        return
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".seqtune-write-test-{os.getpid()}")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UserError(f"cannot write to --output_dir {output_dir}: {error.strerror}. Fix: choose a writable folder.") from None
+
+
+def remove_own_files(output_dir: str) -> None:
+    """Delete what seqtune wrote in `output_dir` (checkpoints, results, model files); keep the rest."""
+    clean_leftovers(output_dir)
+    model_files = _final_model_files(output_dir)
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if checkpoint_step(name) is not None and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name in OWN_FILES or name in model_files or (name.endswith(".png") and name.startswith("plot_")):
+            os.remove(path) if os.path.isfile(path) else shutil.rmtree(path, ignore_errors=True)
+    logger.info("--overwrite_output_dir: removed seqtune's earlier files from %s.", output_dir)
+
+
+def _final_model_files(output_dir: str) -> set[str]:
+    """Names of the final model's files recorded by the last run (so overwrite removes only those)."""
+    marker = _read_run_marker(output_dir) or {}
+    return set(marker.get("model_files", []))
+
+
+def start_run(output_dir: str, argv: list[str], arguments: list) -> None:
+    """Mark the output dir as a seqtune run and save its arguments (secrets redacted)."""
+    if not is_main_process():
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    marker = _read_run_marker(output_dir) or {}
+    marker.update({"status": "running", "seqtune_version": __version__, "started_at": time.time(), "command": redacted_command(argv)})
+    atomic_write_json(os.path.join(output_dir, RUN_MARKER), marker)
+    atomic_write_json(os.path.join(output_dir, ARGS_FILE), arguments_as_dict(arguments))
+
+
+def finish_run(output_dir: str, model_files: list[str] | None = None) -> None:
+    if not is_main_process():
+        return
+    marker = _read_run_marker(output_dir) or {}
+    marker["status"] = "finished"
+    marker["finished_at"] = time.time()
+    if model_files is not None:
+        marker["model_files"] = sorted(model_files)
+    atomic_write_json(os.path.join(output_dir, RUN_MARKER), marker)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def redact(mapping: dict) -> dict:
+    return {key: (REDACTED if key in SECRET_FIELDS and value else value) for key, value in mapping.items()}
+
+
+def redacted_command(argv: list[str]) -> list[str]:
+    """The command line with the value of every token flag replaced."""
+    flags = {f"--{name}" for name in SECRET_FIELDS}
+    result, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            result.append(REDACTED)
+            hide_next = False
+        elif arg in flags:
+            result.append(arg)
+            hide_next = True
+        elif "=" in arg and arg.split("=", 1)[0] in flags:
+            result.append(arg.split("=", 1)[0] + "=" + REDACTED)
+        else:
+            result.append(arg)
+    return result
+
+
+def arguments_as_dict(arguments: list) -> dict:
+    """All dataclass arguments as one JSON-friendly dict, secrets redacted."""
+    merged = {}
+    for arg in arguments:
+        if hasattr(arg, "to_dict"):
+            values = arg.to_dict()
+        else:
+            values = dataclasses.asdict(arg)
+        merged.update(values)
+    return redact(json.loads(json.dumps(merged, default=str)))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_write_json(path: str, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=4, sort_keys=True, default=str) + "\n")
+
+
+def write_results(output_dir: str, split: str, metrics: dict) -> None:
+    """Write `{split}_results.json` and merge the metrics into `all_results.json`."""
+    if not is_main_process():
+        return
+    atomic_write_json(os.path.join(output_dir, f"{split}_results.json"), metrics)
+    all_path = os.path.join(output_dir, "all_results.json")
+    merged = {}
+    if os.path.exists(all_path):
+        with open(all_path, encoding="utf-8") as handle:
+            merged = json.load(handle)
+    merged.update(metrics)
+    atomic_write_json(all_path, merged)
+
+
+def log_metrics(split: str, metrics: dict) -> None:
+    if not is_main_process():
+        return
+    logger.info("***** %s metrics *****", split)
+    for key in sorted(metrics):
+        value = metrics[key]
+        logger.info("  %-28s = %s", key, f"{value:.4f}" if isinstance(value, float) else value)
+
+
+def write_predictions(output_dir: str, predictions) -> int:
+    """Stream predictions (an iterable of strings, in input order) to generated_predictions.txt."""
+    if not is_main_process():
+        for _ in predictions:
+            pass
+        return 0
+    path = os.path.join(output_dir, PREDICTIONS_FILE)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    count = 0
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for prediction in predictions:
+            # One line per example: a generated line break must not split an example in two.
+            handle.write(" ".join(prediction.split()) + "\n")
+            count += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return count
+
+
+def save_final_model(model_saver, output_dir: str) -> list[str]:
+    """Save the final model via `model_saver(folder)` into staging, then move each file in atomically.
+
+    Returns the names of the files written (recorded so --overwrite_output_dir removes only those).
+    """
+    staging = os.path.join(output_dir, STAGING_DIR_NAME, "final-model")
+    if is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging, exist_ok=True)
+    barrier()
+    model_saver(staging)
+    barrier()
+    names = []
+    if is_main_process():
+        for name in sorted(os.listdir(staging)):
+            source = os.path.join(staging, name)
+            if os.path.isfile(source):
+                with open(source, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(source, os.path.join(output_dir, name))
+                names.append(name)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not os.listdir(os.path.dirname(staging)):
+            os.rmdir(os.path.dirname(staging))
+    barrier()
+    return names
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def write_model_card(output_dir: str, info: dict) -> None:
+    """A README.md naming the base model, the data, the metrics and how the model was trained."""
+    if not is_main_process():
+        return
+    metrics = info.get("metrics") or {}
+    rows = "\n".join(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in sorted(metrics.items()))
+    hyper = info.get("hyperparameters") or {}
+    hyper_rows = "\n".join(f"- {key}: {value}" for key, value in sorted(hyper.items()))
+    base = info.get("base_model") or "unknown"
+    dataset = info.get("dataset") or "unknown"
+    command = " ".join(info.get("command") or [])
+    prefix = info.get("source_prefix")
+    text = f"""---
+library_name: transformers
+tags:
+- summarization
+- seqtune
+base_model: {base}
+---
+
+# {os.path.basename(os.path.normpath(output_dir))}
+
+This model is a fine-tuned version of `{base}` for **summarization**, trained on **{dataset}** with
+seqtune {__version__} ({info.get("trainer", "")}).
+
+## Results
+
+| metric | value |
+|---|---|
+{rows or "| (none) | |"}
+
+## Usage
+
+Source prefix: `{prefix!r}` (put it before every input text; `seqtune summarize` does so automatically).
+
+## Training hyper-parameters
+
+{hyper_rows or "- (defaults)"}
+
+## Command
+
+```
+{command}
+```
+"""
+    atomic_write_text(os.path.join(output_dir, "README.md"), text)
+
+
+def current_command() -> list[str]:
+    return redacted_command([os.path.basename(sys.argv[0])] + sys.argv[1:])
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TRASH_PREFIX",
+    "prepare_output_dir",
+    "start_run",
+    "finish_run",
+    "write_results",
+    "write_predictions",
+    "save_final_model",
+    "write_model_card",
+]

@@ -1,0 +1,69 @@
+"""Process-level helpers: who writes (the one place that decides the main process), logging.
+
+Works before and after torch.distributed is initialised (torchrun, accelerate launch,
+xla_spawn), so data validation and output-dir checks can run early on every rank while
+only rank 0 touches the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def process_rank() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def setup_logging(level: str | int = "info") -> None:
+    """One log format for every script; non-main ranks only report warnings and errors."""
+    import datasets
+    import transformers
+
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper()) if level not in ("passive", "") else logging.INFO
+        if not isinstance(level, int):
+            level = logging.INFO
+    if not is_main_process():
+        level = logging.WARNING
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        level=level,
+        force=True,
+    )
+    transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    logging.getLogger("seqtune").setLevel(level)
