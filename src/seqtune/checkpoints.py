@@ -12,6 +12,8 @@ checkpoint away first, so a half-deleted folder never looks complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -19,12 +21,19 @@ import re
 import shutil
 import time
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 MANIFEST_NAME = "seqtune_checkpoint.json"
-STAGING_DIR_NAME = ".seqtune-staging"
-TRASH_PREFIX = ".seqtune-trash-"
+# Every scratch name seqtune uses in an output dir starts with LEFTOVER_PREFIX, so that what a
+# killed run leaves behind is recognised (and removed) as seqtune's, never mistaken for the user's.
+LEFTOVER_PREFIX = ".seqtune-"
+STAGING_DIR_NAME = LEFTOVER_PREFIX + "staging"
+TRASH_PREFIX = LEFTOVER_PREFIX + "trash-"
+TEMPORARY_PREFIX = LEFTOVER_PREFIX + "tmp-"
+PROBE_PREFIX = LEFTOVER_PREFIX + "write-test-"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
@@ -90,6 +99,10 @@ def publish_checkpoint(staged: str, output_dir: str, step: int, extra: dict | No
         _remove_tree(final)
     os.rename(staged, final)
     _fsync_path(output_dir)
+    try:
+        os.rmdir(os.path.dirname(os.path.normpath(staged)))  # the staging root, once empty
+    except OSError:
+        pass
     return final
 
 
@@ -166,10 +179,100 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None, keep: str 
     return removed
 
 
+def is_leftover(name: str) -> bool:
+    """Whether an entry of an output dir is scratch a (killed) seqtune run left behind."""
+    return name.startswith(LEFTOVER_PREFIX)
+
+
+def temporary_path(path: str) -> str:
+    """Where to write `path` before renaming it into place (recognised as a leftover if killed)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TEMPORARY_PREFIX}{os.getpid()}-{name}")
+
+
 def clean_leftovers(output_dir: str) -> None:
-    """Remove staging folders and trash a killed run left behind."""
+    """Remove staging folders, trash and temporary files a killed run left behind."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name == STAGING_DIR_NAME or name.startswith(TRASH_PREFIX):
-            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        if is_leftover(name):
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+
+
+# --------------------------------------------------------------------------- failing saves
+
+# errno values that mean "the disk refuses", not "seqtune has a bug".
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_MESSAGES = ("No space left on device", "Disk quota exceeded", "File too large", "Read-only file system")
+
+
+def write_probe(folder: str, size: int = 1 << 20) -> None:
+    """Write (and flush) `size` bytes to a scratch file in `folder`, then remove it; raises OSError."""
+    probe = os.path.join(folder, f"{PROBE_PREFIX}{os.getpid()}")
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        try:
+            os.remove(probe)
+        except OSError:
+            pass
+
+
+def disk_problem(folder: str, error: BaseException) -> str | None:
+    """Why a save into `folder` failed if the disk is to blame (full, quota, read-only, permissions), else None.
+
+    torch and safetensors report a full disk as RuntimeError or their own error types, so
+    besides the errno a probe write tells whether the folder still takes data.
+    """
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        return os.strerror(error.errno)
+    for message in _DISK_MESSAGES:
+        if message in str(error):
+            return message
+    try:
+        write_probe(folder)
+    except OSError as probe_error:
+        return probe_error.strerror or str(probe_error)
+    return None
+
+
+@contextlib.contextmanager
+def guarded_save(what: str, output_dir: str, staged: str | None = None):
+    """Turn a save that fails because of the disk into a UserError; the last complete checkpoint stays.
+
+    `staged` (the half-written staging folder or file) is removed to give the space back.
+    Any other failure is a bug and propagates unchanged.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        reason = disk_problem(output_dir, error)
+        if reason is None:
+            raise
+        if staged and os.path.isdir(staged):
+            shutil.rmtree(staged, ignore_errors=True)
+        elif staged and os.path.exists(staged):
+            os.remove(staged)
+        logger.debug("The failed save raised %r.", error)
+        previous = newest_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        state = (
+            f"The newest complete checkpoint, {previous}, is intact: run the same command again to resume from it."
+            if previous
+            else "Run the same command again once there is room: it starts the run again."
+        )
+        raise UserError(
+            f"could not write {what} in {output_dir}: {reason}. {state} "
+            f"Fix: free disk space (or make the folder writable) first."
+        ) from None

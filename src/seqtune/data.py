@@ -242,9 +242,7 @@ def validate_data_file(path: str, flag: str) -> tuple[str, list[str], dict]:
     if builder == "csv":
         columns = _validate_csv(path)
         # Read every column as text: a summary column of digits stays text, empty cells become None.
-        kwargs["dtype"] = str
-        kwargs["keep_default_na"] = False
-        kwargs["na_values"] = [""]
+        kwargs["features"] = datasets.Features({name: datasets.Value("string") for name in columns})
     elif builder == "parquet":
         columns = _validate_parquet(path)
     elif extension == ".jsonl":

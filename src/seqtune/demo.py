@@ -109,7 +109,7 @@ def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "ti
         config = BartConfig(
             vocab_size=vocab_size, d_model=width, encoder_layers=layers, decoder_layers=layers,
             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=width * 2,
-            decoder_ffn_dim=width * 2, max_position_embeddings=512, dropout=0.0, attention_dropout=0.0,
+            decoder_ffn_dim=width * 2, max_position_embeddings=1024, dropout=0.0, attention_dropout=0.0,
             pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=1, forced_eos_token_id=1,
         )
         model = BartForConditionalGeneration(config)
@@ -174,7 +174,7 @@ def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> li
             "--do_predict",
             "--per_device_train_batch_size", "32",
             "--learning_rate", "3e-3",
-            "--num_train_epochs", "8",
+            "--num_train_epochs", "5",
             "--warmup_steps", "30",
             "--lr_scheduler_type", "linear",
             "--logging_steps", "25",

@@ -17,7 +17,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) before
 # white space and the next sentence's first character.
-_SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)")
+_SENTENCE_BOUNDARY = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=\S)")
 
 
 def split_sentences(text: str) -> list[str]:

@@ -121,10 +121,11 @@ def check_position_embeddings(model, model_args: ModelArguments, data_args: Data
             f"--max_source_length {data_args.max_source_length} exceeds the model's {limit} position embeddings. "
             f"Fix: pass --max_source_length {limit} or less, or --resize_position_embeddings."
         )
-    if not hasattr(model, "resize_position_embeddings"):
+    try:
+        model.resize_position_embeddings(data_args.max_source_length)
+    except (NotImplementedError, AttributeError):
         raise UserError(
             f"--max_source_length {data_args.max_source_length} exceeds the model's {limit} position embeddings and "
-            f"this model cannot resize them. Fix: pass --max_source_length {limit} or less."
-        )
-    logger.warning("Resizing position embeddings from %d to %d.", limit, data_args.max_source_length)
-    model.resize_position_embeddings(data_args.max_source_length)
+            f"{type(model).__name__} cannot resize them. Fix: pass --max_source_length {limit} or less."
+        ) from None
+    logger.warning("Resized position embeddings from %d to %d.", limit, data_args.max_source_length)

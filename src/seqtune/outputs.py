@@ -23,8 +23,11 @@ from .checkpoints import (
     TRASH_PREFIX,
     checkpoint_step,
     clean_leftovers,
+    guarded_save,
     incomplete_reason,
+    is_leftover,
     newest_checkpoint,
+    temporary_path,
 )
 from .errors import UserError
 from .runtime import barrier, is_main_process
@@ -58,8 +61,13 @@ OWN_FILES = {
 # --------------------------------------------------------------------------- output dir
 
 
+def _entries(output_dir: str) -> list[str]:
+    """The output dir's entries, without the scratch a killed seqtune run may have left."""
+    return sorted(name for name in os.listdir(output_dir) if not is_leftover(name))
+
+
 def _listing(output_dir: str, limit: int = 5) -> str:
-    names = sorted(os.listdir(output_dir))
+    names = _entries(output_dir)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
 
@@ -107,8 +115,9 @@ def prepare_output_dir(
         _check_writable(output_dir)
         return path
 
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    if not os.path.isdir(output_dir) or not _entries(output_dir):
         _check_writable(output_dir)
+        _clean_leftovers_on_main(output_dir)
         return None
 
     if overwrite:
@@ -121,10 +130,12 @@ def prepare_output_dir(
     checkpoint = newest_checkpoint(output_dir) if do_train else None
     if checkpoint is not None:
         logger.info("Resuming from %s, the newest complete checkpoint in %s.", checkpoint, output_dir)
+        _clean_leftovers_on_main(output_dir)
         return checkpoint
     marker = _read_run_marker(output_dir)
     if do_train and marker is not None and marker.get("status") == "running":
         logger.info("%s holds a seqtune run stopped before its first checkpoint; starting it again.", output_dir)
+        _clean_leftovers_on_main(output_dir)
         return None
     what = "a finished seqtune run" if marker is not None else "files"
     raise UserError(
@@ -133,17 +144,30 @@ def prepare_output_dir(
     )
 
 
+def _clean_leftovers_on_main(output_dir: str) -> None:
+    """Remove a killed run's staging folders, trash and temporary files before this run writes."""
+    if is_main_process() and os.path.isdir(output_dir):
+        clean_leftovers(output_dir)
+    barrier()
+
+
 def _check_writable(output_dir: str) -> None:
+    """Refuse early if the output dir (or the folder it will be created in) is not writable.
+
+    Creates nothing: the folder itself appears only once the data and model have loaded.
+    """
     if not is_main_process():
         return
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, f".seqtune-write-test-{os.getpid()}")
-        with open(probe, "w") as handle:
-            handle.write("ok")
-        os.remove(probe)
-    except OSError as error:
-        raise UserError(f"cannot write to --output_dir {output_dir}: {error.strerror}. Fix: choose a writable folder.") from None
+    existing = output_dir
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise UserError(f"cannot create --output_dir {output_dir}: {existing} is a file. Fix: choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to --output_dir {output_dir}: {existing} is not writable. Fix: choose a writable folder.")
 
 
 def remove_own_files(output_dir: str) -> None:
@@ -228,12 +252,13 @@ def arguments_as_dict(arguments: list) -> dict:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    temporary = temporary_path(path)
+    with guarded_save(os.path.basename(path), os.path.dirname(os.path.abspath(path)), staged=temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
 
 
 def atomic_write_json(path: str, data) -> None:
@@ -270,16 +295,17 @@ def write_predictions(output_dir: str, predictions) -> int:
             pass
         return 0
     path = os.path.join(output_dir, PREDICTIONS_FILE)
-    temporary = f"{path}.tmp-{os.getpid()}"
+    temporary = temporary_path(path)
     count = 0
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for prediction in predictions:
-            # One line per example: a generated line break must not split an example in two.
-            handle.write(" ".join(prediction.split()) + "\n")
-            count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with guarded_save(PREDICTIONS_FILE, output_dir, staged=temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for prediction in predictions:
+                # One line per example: a generated line break must not split an example in two.
+                handle.write(" ".join(prediction.split()) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
     return count
 
 
@@ -293,7 +319,8 @@ def save_final_model(model_saver, output_dir: str) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging, exist_ok=True)
     barrier()
-    model_saver(staging)
+    with guarded_save("the final model", output_dir, staged=staging):
+        model_saver(staging)
     barrier()
     names = []
     if is_main_process():

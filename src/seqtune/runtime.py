@@ -45,25 +45,28 @@ def barrier() -> None:
         dist.barrier()
 
 
-def setup_logging(level: str | int = "info") -> None:
-    """One log format for every script; non-main ranks only report warnings and errors."""
+def setup_logging(log_level: str = "passive") -> None:
+    """One log format for every script; non-main ranks only report warnings and errors.
+
+    `log_level` is the Trainer's flag: "passive" (the default) means INFO for seqtune's own
+    messages and WARNING for transformers and datasets.
+    """
     import datasets
     import transformers
 
-    if isinstance(level, str):
-        level = logging.getLevelName(level.upper()) if level not in ("passive", "") else logging.INFO
+    level = logging.INFO
+    if log_level and log_level != "passive":
+        level = logging.getLevelName(log_level.upper())
         if not isinstance(level, int):
             level = logging.INFO
     if not is_main_process():
         level = logging.WARNING
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        level=level,
-        force=True,
-    )
-    transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
+    # Keep handlers someone else installed (an embedding program, pytest's capture).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=level)
+    logging.getLogger().setLevel(level)
+    library_level = level if log_level not in (None, "", "passive") else max(level, logging.WARNING)
+    transformers.utils.logging.set_verbosity(library_level)
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()
-    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    datasets.utils.logging.set_verbosity(library_level)
     logging.getLogger("seqtune").setLevel(level)

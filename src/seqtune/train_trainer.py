@@ -82,30 +82,32 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_arguments(
         (ModelArguments, DataArguments, TrainerArguments), argv, prog="run_summarization.py"
     )
-    setup_logging(training_args.get_process_log_level())
+    setup_logging(training_args.log_level)
     logger.info("Training/evaluation parameters: %s", training_args.to_dict() | {"hub_token": None})
 
-    # Output dir: resume, refuse, or start afresh; never clobber the user's files.
-    resume_from = prepare_output_dir(
-        training_args.output_dir,
-        training_args.overwrite_output_dir,
-        training_args.resume_from_checkpoint,
-        training_args.do_train,
+    # Output dir (resume, refuse, or start afresh), seed, data, model: the same for every recipe.
+    setup = set_up_run(
+        model_args,
+        data_args,
+        output_dir=training_args.output_dir,
+        overwrite_output_dir=training_args.overwrite_output_dir,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        do_train=training_args.do_train,
+        do_eval=training_args.do_eval,
+        do_predict=training_args.do_predict,
+        seed=training_args.seed,
+        argv=argv,
+        arguments=[model_args, data_args, training_args],
+        main_process_first=training_args.main_process_first,
     )
-    set_seed(training_args.seed)
-
-    # Data: validated, filtered, capped (nothing is written yet, so a bad file loses nothing).
-    splits = wanted_splits(training_args.do_train, training_args.do_eval, training_args.do_predict)
-    raw = load_raw_data(data_args, model_args, splits)
-    tokenizer, model = load_model_and_tokenizer(model_args, data_args)
-    start_run(training_args.output_dir, argv, [model_args, data_args, training_args])
-    tokenized = tokenize_splits(raw, tokenizer, data_args, training_args.main_process_first)
+    resume_from, raw, tokenizer, model, tokenized = (
+        setup.resume_from, setup.raw, setup.tokenizer, setup.model, setup.tokenized
+    )
 
     # Generation settings for evaluation and prediction.
-    if training_args.generation_max_length is None:
-        training_args.generation_max_length = data_args.val_max_target_length
-    if data_args.num_beams is not None:
-        training_args.generation_num_beams = data_args.num_beams
+    generation = generation_settings(data_args, training_args.generation_max_length, training_args.generation_num_beams)
+    training_args.generation_max_length = generation["max_length"]
+    training_args.generation_num_beams = generation["num_beams"]
 
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
     trainer = SeqtuneTrainer(
@@ -149,28 +151,23 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("Wrote %d predictions to %s.", count, os.path.join(training_args.output_dir, "generated_predictions.txt"))
         results.update(metrics)
 
-    write_model_card(
+    finish(
         training_args.output_dir,
-        {
-            "base_model": model_args.model_name_or_path,
-            "dataset": raw.source,
-            "metrics": {k: v for k, v in results.items() if k.startswith(("eval_", "predict_", "train_loss"))},
-            "hyperparameters": {
-                "learning_rate": training_args.learning_rate,
-                "per_device_train_batch_size": training_args.per_device_train_batch_size,
-                "num_train_epochs": training_args.num_train_epochs,
-                "max_steps": training_args.max_steps,
-                "seed": training_args.seed,
-                "max_source_length": data_args.max_source_length,
-                "max_target_length": data_args.max_target_length,
-            },
-            "source_prefix": data_args.source_prefix,
-            "command": redacted_command(["run_summarization.py", *argv]),
-            "trainer": "Seq2SeqTrainer",
+        model_args=model_args,
+        data_args=data_args,
+        setup=setup,
+        results=results,
+        hyperparameters={
+            "learning_rate": training_args.learning_rate,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "num_train_epochs": training_args.num_train_epochs,
+            "max_steps": training_args.max_steps,
+            "seed": training_args.seed,
         },
+        command=["run_summarization.py", *argv],
+        trainer="Seq2SeqTrainer",
+        model_files=model_files,
     )
-    finish_run(training_args.output_dir, model_files)
-    logger.info("Outputs are in %s", os.path.abspath(training_args.output_dir))
     return results
 
 
