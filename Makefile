@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-xla bench torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,37 @@ demo: $(STAMP)
 	$(VENV)/bin/seqtune demo --output_dir outputs/demo
 
 test: $(STAMP)
+	@./.ci/ensure_chromium || echo "warning: no chromium: the report's browser test will be skipped"
 	$(PY) -m pytest -n 2 --timeout 900 tests
+
+# The PyTorch/XLA route lives in its own venv: torch_xla must match torch exactly (2.9.0), which
+# cannot share .venv (torch 2.13.0). Its tests run on the CPU XLA device (PJRT_DEVICE=CPU).
+XLA_VENV  := .venv-xla
+XLA_PY    := $(XLA_VENV)/bin/python
+XLA_STAMP := $(XLA_VENV)/.installed
+
+$(XLA_PY):
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_PY) -m pip install --quiet --upgrade pip
+
+$(XLA_STAMP): $(XLA_PY) requirements-xla.txt pyproject.toml
+	$(XLA_PY) -m pip install --quiet -r requirements-xla.txt
+	$(XLA_PY) -m pip install --quiet --no-deps -e .
+	touch $(XLA_STAMP)
+
+test-xla: $(XLA_STAMP)
+	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -p no:cacheprovider --timeout 900 tests/xla
+
+# Speed and memory against the plain Seq2SeqTrainer pipeline (prints figures and ratios; minutes).
+bench: $(STAMP)
+	$(PY) benchmarks/bench_summarization.py $(BENCH_ARGS)
+
+# Kill torture, long version: 20 SIGKILLs at random moments per script, resumed with the same
+# command each time; final steps checked, final weights compared with an uninterrupted run (minutes).
+TORTURE_KILLS ?= 20
+torture: $(STAMP)
+	$(PY) scripts/torture.py --kills $(TORTURE_KILLS) --same_weights --script examples/pytorch/summarization/run_summarization.py
+	$(PY) scripts/torture.py --kills $(TORTURE_KILLS) --same_weights --script examples/pytorch/summarization/run_summarization_no_trainer.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -33,6 +33,42 @@ def bart_model(tmp_path_factory) -> str:
     return make_base_model(str(tmp_path_factory.mktemp("models") / "tiny-bart"), kind="bart")
 
 
+UNKNOWN_WORD = "zzyzx"  # not in the tiny tokenizer's vocabulary: it becomes <unk>
+
+
+@pytest.fixture(scope="session")
+def trap_model(tmp_path_factory) -> str:
+    """A tiny BART with two properties tests rely on, both deterministic on any machine.
+
+    - Larger random weights: its greedy summaries differ from input to input, so a test can
+      tell whether predictions come back in input order.
+    - The encoder has its own embedding (the decoder's stays tied to the output layer), in
+      which <unk> is inf: an input holding a word outside the vocabulary (UNKNOWN_WORD) makes
+      the loss NaN at exactly the step that example is trained on, while every other input
+      trains normally. Every parameter takes part in the loss (DDP requires it).
+    """
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from seqtune.demo import build_tiny_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = build_tiny_model(tokenizer, kind="bart").config.to_dict()
+    config.update(init_std=0.2)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(BartConfig(**config))
+    encoder_embedding = torch.nn.Embedding.from_pretrained(model.model.shared.weight.detach().clone(), freeze=False, padding_idx=0)
+    with torch.no_grad():
+        encoder_embedding.weight[tokenizer.unk_token_id] = float("inf")
+    model.model.encoder.embed_tokens = encoder_embedding  # saved apart, so it loads untied
+    model.generation_config.max_length = 16
+    model.generation_config.num_beams = 1
+    folder = str(tmp_path_factory.mktemp("models") / "trap-bart")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus_files(tmp_path_factory) -> dict:
     """Small train/validation/test JSON Lines files with columns document/summary."""
@@ -77,4 +113,26 @@ def run_script(script: str, args: list[str], launcher: list[str] | None = None, 
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
-__all__ = ["quick_args", "run_script", "synthetic_corpus", "write_jsonl", "TRAINER_SCRIPT", "LOOP_SCRIPT", "REPO"]
+def free_port() -> int:
+    """A TCP port free on loopback right now (for fake servers and torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc_per_node: int = 2, *rendezvous: str) -> list[str]:
+    """The torchrun command for one node; by default a single node on a free loopback port.
+
+    Never the default port 29500: parallel tests (pytest -n) would collide there.
+    """
+    executable = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [executable] if os.path.exists(executable) else [sys.executable, "-m", "torch.distributed.run"]
+    if not rendezvous:
+        rendezvous = ("--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()))
+    return command + ["--nproc_per_node", str(nproc_per_node), *rendezvous]
+
+
+__all__ = ["quick_args", "run_script", "synthetic_corpus", "write_jsonl", "TRAINER_SCRIPT", "LOOP_SCRIPT", "REPO",
+           "UNKNOWN_WORD", "free_port", "torchrun"]

@@ -173,6 +173,12 @@ class TrainerArguments(Seq2SeqTrainingArguments):
     push_to_hub_model_id: str | None = field(
         default=None, metadata={"help": f"Same as --hub_model_id {LEGACY_FLAG_HELP}."}
     )
+    # A plain flag again (transformers 5 made it `bool | None`, which needs a value after it).
+    hub_private_repo: bool = field(
+        default=False,
+        metadata={"help": "With --push_to_hub: create the repository as private (default: the hub's default, public "
+                  "unless your organization says otherwise). No effect on a repository that already exists."},
+    )
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": f"Same as --eval_strategy {LEGACY_FLAG_HELP}."}
     )
@@ -185,6 +191,11 @@ class TrainerArguments(Seq2SeqTrainingArguments):
         metadata={"help": f"Ignored: xla_spawn.py --num_cores sets the TPU cores {LEGACY_FLAG_HELP}."},
     )
     no_cuda: bool = field(default=False, metadata={"help": f"Same as --use_cpu {LEGACY_FLAG_HELP}."})
+
+    def __getstate__(self):
+        # The Trainer pickles its arguments into training_args.bin (every checkpoint, the final
+        # model, hub pushes): tokens (fields ending in _token, as in to_dict) stay out of it.
+        return {key: (None if key.endswith("_token") and value else value) for key, value in self.__dict__.items()}
 
     def __post_init__(self):
         if not self.output_dir:
@@ -199,23 +210,19 @@ class TrainerArguments(Seq2SeqTrainingArguments):
             self.use_cpu = True
         import torch
 
-        if self.fp16 and not torch.cuda.is_available() and not self.use_cpu and not _xla_device_available():
-            raise UserError(
-                "--fp16 needs a CUDA GPU and none is visible. Fix: use --bf16 for mixed precision on a CPU, "
-                "or drop --fp16."
-            )
+        from .precision import accelerator_available, check_mixed_precision
+
+        check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
+        if not accelerator_available():
+            # A CPU-only machine: say so to transformers, or --bf16 is refused and torchrun's
+            # processes would not train together (Accelerate picks gloo only when told "cpu").
+            self.use_cpu = True
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning only helps copies to a GPU
         try:
             super().__post_init__()
         except ValueError as error:
             raise UserError(f"invalid training arguments: {error}") from None
-
-
-def _xla_device_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch_xla") is not None
 
 
 def _normalise_config_keys(config: dict, dataclass_types) -> dict:

@@ -1,4 +1,4 @@
-"""The `seqtune` command: `seqtune demo`, `seqtune train ...` (the Trainer script)."""
+"""The `seqtune` command: `seqtune demo`, `seqtune train ...` (the Trainer script), `seqtune train-loop ...` (the Accelerate script)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 COMMANDS = {
     "demo": "run the embedded default end to end: tiny model, built-in data, ROUGE before and after",
     "train": "fine-tune with transformers' Seq2SeqTrainer (same flags as run_summarization.py)",
+    "train-loop": "fine-tune with the explicit Accelerate loop (same flags as run_summarization_no_trainer.py)",
+    "report": "rebuild OUTPUT_DIR/report.html and its plots from a run's saved logs (also while it runs or after a kill)",
+    "summarize": "summarize texts with a trained model: seqtune summarize --model OUTPUT_DIR INPUT...",
 }
 
 
@@ -23,6 +26,12 @@ def main(argv: list[str] | None = None) -> None:
         from .demo import main as run
     elif command == "train":
         from .train_trainer import main as run
+    elif command == "train-loop":
+        from .train_loop import main as run
+    elif command == "report":
+        from .report import main as run
+    elif command == "summarize":
+        from .summarize import main as run
     run(rest)
 
 

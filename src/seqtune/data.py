@@ -19,6 +19,7 @@ from datasets import DatasetDict
 
 from .arguments import DataArguments, ModelArguments
 from .errors import UserError
+from .progress import phase
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def _decoded_lines(path: str):
 
 
 def _validate_csv(path: str) -> list[str]:
+    # A long document is not malformed: lift the csv module's 128 KiB limit per field (pandas has none).
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     lines = _decoded_lines(path)
     reader = csv.reader((text for _, text in lines), strict=True)
     try:
@@ -147,6 +150,14 @@ class _ColumnTypes:
                 )
 
 
+def _too_deep(path: str, where: str) -> UserError:
+    """Python's JSON parser gives up on thousands of nested brackets (RecursionError)."""
+    return UserError(
+        f"{path}, {where}: the JSON is nested too deeply to read. Fix: write one flat object per example, "
+        f"e.g. {{\"text\": ..., \"summary\": ...}}."
+    )
+
+
 def _validate_json_lines(path: str) -> list[str]:
     types = _ColumnTypes(path)
     rows = 0
@@ -160,6 +171,8 @@ def _validate_json_lines(path: str) -> list[str]:
                 f"{path}, line {number}, column {error.colno}: invalid JSON ({error.msg}). "
                 f"Fix: write one complete JSON object per line (JSON Lines)."
             ) from None
+        except RecursionError:
+            raise _too_deep(path, f"line {number}") from None
         types.add(record, number, f"line {number}")
         rows += 1
     if rows == 0:
@@ -190,6 +203,8 @@ def _try_parse_whole(path: str, strict: bool = False):
     text = "".join(t for _, t in _decoded_lines(path))
     try:
         return json.loads(text)
+    except RecursionError:
+        raise _too_deep(path, "line 1") from None
     except json.JSONDecodeError as error:
         if strict:
             raise UserError(
@@ -249,8 +264,13 @@ def validate_data_file(path: str, flag: str) -> tuple[str, list[str], dict]:
         columns = _validate_json_lines(path)
     else:
         columns, field_name = _validate_json(path)
-        if field_name:
+        if field_name is not None:
             kwargs["field"] = field_name
+    if not columns:  # e.g. [{}, {}]: datasets would fail with "corresponds to no data"
+        raise UserError(
+            f"{path}: no column holds a value in any row. Fix: give every example its fields, "
+            f"e.g. {{\"text\": ..., \"summary\": ...}}."
+        )
     return builder, columns, kwargs
 
 
@@ -301,16 +321,30 @@ def _load_from_files(data_args: DataArguments, model_args: ModelArguments, wante
         path = getattr(data_args, flag)
         if path is None:
             continue
-        builder, columns, kwargs = validate_data_file(path, flag)
-        try:
-            loaded = datasets.load_dataset(
-                builder, data_files={split: os.path.abspath(path)}, cache_dir=model_args.cache_dir, **kwargs
-            )
-        except Exception as error:  # the file passed our checks; report what datasets says about it
-            raise UserError(f"could not read {path}: {error}. Fix: check the file's format.") from None
-        splits[split] = loaded[split]
+        splits[split] = load_data_file(path, flag, split, model_args.cache_dir)
         columns_by_split[split] = path
     return DatasetDict(splits), columns_by_split
+
+
+def load_data_file(path: str, flag: str, split: str = "train", cache_dir: str | None = None):
+    """Validate one .csv/.json/.jsonl/.parquet file (see `validate_data_file`) and load it as a Dataset."""
+    builder, columns, kwargs = validate_data_file(path, flag)
+    try:
+        loaded = datasets.load_dataset(builder, data_files={split: os.path.abspath(path)}, cache_dir=cache_dir, **kwargs)
+    except Exception as error:  # the file passed our checks; report what datasets says about it
+        cause = error.__cause__ or error.__context__  # "An error occurred while generating the dataset" hides it
+        detail = f"{error} ({type(cause).__name__}: {cause})" if cause is not None else str(error)
+        raise UserError(f"could not read {path}: {detail}. Fix: check the file's format.") from None
+    return loaded[split]
+
+
+def read_text_file(path: str, flag: str) -> list[tuple[int, str]]:
+    """The (line number, text) lines of a UTF-8 text file; a missing file or a bad byte is a UserError."""
+    if not os.path.exists(path):
+        raise UserError(f"{flag} {path}: no such file. Fix: check the path (relative paths start at {os.getcwd()}).")
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder. Fix: pass the files in it (e.g. {os.path.join(path, '*.txt')}).")
+    return list(_decoded_lines(path))
 
 
 def _load_named_dataset(data_args: DataArguments, model_args: ModelArguments) -> DatasetDict:
@@ -447,7 +481,7 @@ def tokenize_split(
         model_inputs["labels"] = label_ids
         return model_inputs
 
-    with main_process_first():
+    with main_process_first(), phase(description, total=len(dataset)):
         return dataset.map(
             preprocess,
             batched=True,

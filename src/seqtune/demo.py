@@ -34,14 +34,14 @@ FILLER_TAILS = ["on the radio", "at a meeting", "in a letter", "on social media"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3: T5's pad/eos/unk, plus a bos for BART
 
 
-def synthetic_example(rng: random.Random) -> dict:
+def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6)) -> dict:
     city, group, action, thing, day = (rng.choice(CITIES), rng.choice(GROUPS), rng.choice(ACTIONS),
                                        rng.choice(OBJECTS), rng.choice(DAYS))
     cost = rng.randint(2, 99)
     lead = f"on {day} the {group} of {city} said it will {action} the old {thing} ."
     fillers = [
         f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)} {rng.choice(FILLER_TAILS)} ."
-        for _ in range(rng.randint(1, 6))
+        for _ in range(rng.randint(*filler_range))
     ]
     middle = f"the work will cost {cost} million ."
     position = rng.randint(0, len(fillers))
@@ -51,9 +51,11 @@ def synthetic_example(rng: random.Random) -> dict:
     return {"document": document, "summary": summary}
 
 
-def synthetic_corpus(size: int, seed: int = 0) -> list[dict]:
+def synthetic_corpus(size: int, seed: int = 0, filler_range: tuple[int, int] = (1, 6)) -> list[dict]:
+    """`size` examples; each document has between filler_range[0] and filler_range[1] filler
+    sentences (about 9 tokens each), so filler_range=(10, 165) gives news-like lengths of ~100 to ~1,500 tokens."""
     rng = random.Random(seed)
-    return [synthetic_example(rng) for _ in range(size)]
+    return [synthetic_example(rng, filler_range) for _ in range(size)]
 
 
 def corpus_vocabulary() -> list[str]:
@@ -85,7 +87,7 @@ def build_tokenizer(extra_words: list[str] | None = None):
     model.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     return PreTrainedTokenizerFast(
         tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>",
-        model_max_length=512,
+        model_max_length=4096,
     )
 
 

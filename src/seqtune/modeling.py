@@ -25,6 +25,9 @@ def _explain_load_error(kind: str, name: str, error: Exception) -> UserError:
         if offline
         else "check the name (e.g. google-t5/t5-small) or the folder, your network, and --token for private models"
     )
+    if "trust_remote_code" in str(error):
+        hint = ("the model is defined by code in its repository; read that code, and pass --trust_remote_code "
+                "only if you trust it (it runs on your machine)")
     return UserError(f"could not load the {kind} from {name!r}: {error}. Fix: {hint}.")
 
 
@@ -50,6 +53,20 @@ def load_tokenizer(name: str, model_args: ModelArguments):
 
 def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments):
     """Load (tokenizer, model) and apply the checks of the Hugging Face summarization script."""
+    tokenizer, model = load_seq2seq(model_args)
+    name = model_args.model_name_or_path
+    check_position_embeddings(model, model_args, data_args)
+    if is_prefix_model(model.config, name) and data_args.source_prefix is None:
+        logger.warning(
+            "%s is a T5-style model but no --source_prefix was given: pass --source_prefix \"summarize: \" "
+            "as the model was pre-trained with it.",
+            name,
+        )
+    return tokenizer, model
+
+
+def load_seq2seq(model_args: ModelArguments):
+    """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     name = model_args.model_name_or_path
@@ -102,14 +119,33 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArgument
             f"the model {name!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
             f"(usually the pad or bos token id)."
         )
-    check_position_embeddings(model, model_args, data_args)
-    if is_prefix_model(model.config, name) and data_args.source_prefix is None:
-        logger.warning(
-            "%s is a T5-style model but no --source_prefix was given: pass --source_prefix \"summarize: \" "
-            "as the model was pre-trained with it.",
-            name,
-        )
     return tokenizer, model
+
+
+def remember_summarization_settings(model, data_args: DataArguments) -> None:
+    """Store how the model is fine-tuned in its config, so every checkpoint and the final model
+    carry it: the source prefix, the input length and the generation length (and beams).
+
+    They go where Hugging Face models keep them (config.task_specific_params["summarization"],
+    as google-t5/t5-small does); `seqtune summarize` applies them.
+    """
+    params = dict(getattr(model.config, "task_specific_params", None) or {})
+    settings = dict(params.get("summarization") or {})
+    settings["prefix"] = data_args.source_prefix or ""
+    settings["max_source_length"] = data_args.max_source_length
+    settings["max_length"] = data_args.val_max_target_length
+    if data_args.num_beams is not None:
+        settings["num_beams"] = data_args.num_beams
+    if (settings.get("min_length") or 0) > settings["max_length"]:
+        del settings["min_length"]
+    params["summarization"] = settings
+    model.config.task_specific_params = params
+
+
+def summarization_settings(config) -> dict:
+    """The settings `remember_summarization_settings` stored (or a hub model's own), else {}."""
+    params = getattr(config, "task_specific_params", None) or {}
+    return dict(params.get("summarization") or {})
 
 
 def check_position_embeddings(model, model_args: ModelArguments, data_args: DataArguments) -> None:

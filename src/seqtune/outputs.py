@@ -1,5 +1,5 @@
 """Everything a run writes besides checkpoints: the output dir's safety rules, results
-JSON, predictions, the saved arguments, the final model and the model card.
+JSON, predictions, the saved arguments and the final model (the model card: seqtune.card).
 
 Only the main process writes; every function here checks `is_main_process()` itself so
 that callers need not.
@@ -26,6 +26,7 @@ from .checkpoints import (
     guarded_save,
     incomplete_reason,
     is_leftover,
+    list_checkpoints,
     newest_checkpoint,
     temporary_path,
 )
@@ -55,6 +56,8 @@ OWN_FILES = {
     "README.md",
     "report.html",
     "log_history.jsonl",
+    "report_examples.jsonl",
+    "runs",  # TensorBoard event files (--report_to tensorboard)
 }
 
 
@@ -112,7 +115,13 @@ def prepare_output_dir(
             logger.warning("%s has no seqtune manifest; resuming from it as it is.", path)
         if not do_train:
             logger.warning("--resume_from_checkpoint has no effect without --do_train.")
+        if not overwrite and _holds_foreign_files(output_dir, path):
+            raise UserError(
+                f"--output_dir {output_dir} already holds files that are not a seqtune run ({_listing(output_dir)}); "
+                f"resuming would write over them. Fix: choose another --output_dir, or pass --overwrite_output_dir."
+            )
         _check_writable(output_dir)
+        _clean_leftovers_on_main(output_dir)
         return path
 
     if not os.path.isdir(output_dir) or not _entries(output_dir):
@@ -142,6 +151,15 @@ def prepare_output_dir(
         f"--output_dir {output_dir} already holds {what} and no checkpoint to resume from ({_listing(output_dir)}). "
         f"Fix: pass --overwrite_output_dir to replace seqtune's files there, or choose another --output_dir."
     )
+
+
+def _holds_foreign_files(output_dir: str, checkpoint: str) -> bool:
+    """A non-empty folder that is neither a seqtune run nor the one holding `checkpoint`."""
+    if not os.path.isdir(output_dir) or not _entries(output_dir):
+        return False
+    if os.path.dirname(os.path.abspath(os.path.normpath(checkpoint))) == output_dir:
+        return False
+    return _read_run_marker(output_dir) is None and not list_checkpoints(output_dir, warn=False)
 
 
 def _clean_leftovers_on_main(output_dir: str) -> None:
@@ -178,9 +196,28 @@ def remove_own_files(output_dir: str) -> None:
         path = os.path.join(output_dir, name)
         if checkpoint_step(name) is not None and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif name in OWN_FILES or name in model_files or (name.endswith(".png") and name.startswith("plot_")):
+        elif _is_own_file(name, model_files):
             os.remove(path) if os.path.isfile(path) else shutil.rmtree(path, ignore_errors=True)
     logger.info("--overwrite_output_dir: removed seqtune's earlier files from %s.", output_dir)
+
+
+def _is_own_file(name: str, model_files: set[str]) -> bool:
+    """A top-level file seqtune writes (not a checkpoint): results, card, report, plots, final model."""
+    return name in OWN_FILES or name in model_files or (name.endswith(".png") and name.startswith("plot_"))
+
+
+def shareable_files(output_dir: str) -> list[str]:
+    """The files of a finished run that belong in a published model repository (`--push_to_hub`).
+
+    seqtune's own top-level files (final model, card, results, predictions, report, plots);
+    never checkpoints, the run marker, half-written files, or anything else kept in the folder.
+    """
+    model_files = _final_model_files(output_dir)
+    return sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name != RUN_MARKER and os.path.isfile(os.path.join(output_dir, name)) and _is_own_file(name, model_files)
+    )
 
 
 def _final_model_files(output_dir: str) -> set[str]:
@@ -338,55 +375,7 @@ def save_final_model(model_saver, output_dir: str) -> list[str]:
     return names
 
 
-# --------------------------------------------------------------------------- model card
-
-
-def write_model_card(output_dir: str, info: dict) -> None:
-    """A README.md naming the base model, the data, the metrics and how the model was trained."""
-    if not is_main_process():
-        return
-    metrics = info.get("metrics") or {}
-    rows = "\n".join(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in sorted(metrics.items()))
-    hyper = info.get("hyperparameters") or {}
-    hyper_rows = "\n".join(f"- {key}: {value}" for key, value in sorted(hyper.items()))
-    base = info.get("base_model") or "unknown"
-    dataset = info.get("dataset") or "unknown"
-    command = " ".join(info.get("command") or [])
-    prefix = info.get("source_prefix")
-    text = f"""---
-library_name: transformers
-tags:
-- summarization
-- seqtune
-base_model: {base}
----
-
-# {os.path.basename(os.path.normpath(output_dir))}
-
-This model is a fine-tuned version of `{base}` for **summarization**, trained on **{dataset}** with
-seqtune {__version__} ({info.get("trainer", "")}).
-
-## Results
-
-| metric | value |
-|---|---|
-{rows or "| (none) | |"}
-
-## Usage
-
-Source prefix: `{prefix!r}` (put it before every input text; `seqtune summarize` does so automatically).
-
-## Training hyper-parameters
-
-{hyper_rows or "- (defaults)"}
-
-## Command
-
-```
-{command}
-```
-"""
-    atomic_write_text(os.path.join(output_dir, "README.md"), text)
+# The model card (README.md) is written by seqtune.card.write_model_card.
 
 
 def current_command() -> list[str]:
@@ -402,5 +391,5 @@ __all__ = [
     "write_results",
     "write_predictions",
     "save_final_model",
-    "write_model_card",
+    "shareable_files",
 ]

@@ -10,34 +10,101 @@ import logging
 import os
 import sys
 
-from transformers import Seq2SeqTrainer, set_seed
+import torch
+from transformers import Seq2SeqTrainer
 
-from . import checkpoints
+from . import checkpoints, progress
 from .arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
-from .data import build_collator, load_raw_data, tokenize_splits, wanted_splits
+from .data import build_collator
 from .errors import exit_on_user_error
-from .metrics import decode_token_ids, summary_metrics
-from .modeling import load_model_and_tokenizer
-from .outputs import (
-    finish_run,
-    log_metrics,
-    prepare_output_dir,
-    redacted_command,
-    save_final_model,
-    start_run,
-    write_model_card,
-    write_predictions,
-    write_results,
-)
+from .losses import example_loss_sums, mean_token_loss, token_summed_loss
+from .hub import HubPusher
+from .metrics import summary_metrics
+from .outputs import log_metrics, save_final_model, write_results
+from .pipeline import finish, generation_settings, record_results, save_predictions, set_up_run
+from .precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
+from .report import RunLogCallback
 from .runtime import setup_logging
+from .xla import prepare_trainer_arguments
 
 logger = logging.getLogger(__name__)
 
 
 class SeqtuneTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose checkpoints appear only when complete (see `seqtune.checkpoints`)."""
+    """Seq2SeqTrainer whose checkpoints appear only when complete (see `seqtune.checkpoints`),
+    whose loss is the mean over every target token of the global batch (so 2 processes x 2
+    train exactly like 1 process x 4), which stops at the first non-finite loss, and whose
+    distributed evaluation and prediction count every example once, in input order."""
 
     _writing_checkpoint = False
+    hub_pusher: HubPusher | None = None  # --push_to_hub: pushes each published checkpoint
+
+    # --- distributed evaluation: no padded duplicates --------------------------------------
+    # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
+    # the examples Accelerate repeats to give every process a full last batch: with 2
+    # processes, predictions and metrics would count some examples twice.
+    # `gather_for_metrics` drops them (the test set is a map-style dataset of known length).
+    @property
+    def gather_function(self):
+        return self._gather_function
+
+    @gather_function.setter
+    def gather_function(self, function) -> None:
+        if function == self.accelerator.gather:
+            function = self.accelerator.gather_for_metrics
+        self._gather_function = function
+
+    # The evaluation loss: transformers averages per-batch mean losses, so a batch holding a
+    # repeated example (the padding of a distributed last batch) and the batch sizes weigh in.
+    # seqtune sums every example's target-token losses, gathers them per example (duplicates
+    # dropped) and reports sum / tokens: the same number for any batch size or process count.
+    _example_losses: list | None = None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._example_losses = []
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            if self._example_losses:
+                output.metrics[f"{metric_key_prefix}_loss"] = mean_token_loss(self._example_losses)
+        finally:
+            self._example_losses = None
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        if self._example_losses is not None and inputs.get("labels") is not None:
+            prepared = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                logits = model(**prepared)["logits"]
+            self._example_losses.append(self.gather_function(example_loss_sums(logits, prepared["labels"])).cpu())
+        return result
+
+    # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if num_items_in_batch is not None and labels is not None and self.label_smoother is None:
+            # Seq2seq models (T5, BART, ...) accept **kwargs, so the Trainer passes them the
+            # global token count and multiplies their loss by the number of processes; but their
+            # loss ignores the count and stays a per-batch mean, which makes the gradients
+            # world-size times too large and ignores gradient accumulation. Normalise here.
+            loss = token_summed_loss(outputs["logits"], labels) / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    # --- the non-finite-loss guard ------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_loss_is_finite(
+            loss,
+            self.state.global_step + 1,  # the optimizer step this batch belongs to
+            mixed_precision=mixed_precision_name(self.args.fp16, self.args.bf16),
+            model_type=getattr(self.accelerator.unwrap_model(self.model).config, "model_type", None),
+            learning_rate=self.args.learning_rate,
+            output_dir=self.args.output_dir,
+        )
+        return loss
 
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is written, the Trainer writes into the staging folder.
@@ -45,24 +112,38 @@ class SeqtuneTrainer(Seq2SeqTrainer):
             return checkpoints.staging_root(self.args.output_dir)
         return super()._get_output_dir(trial)
 
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs
+        )
+        if max_steps > 0 and self.state.global_step >= max_steps:
+            # Resumed from the last checkpoint (killed after it, during the final save): nothing is
+            # left to train. transformers would still take one step past --max_steps here.
+            return num_train_epochs, 0
+        return epochs_trained, steps_in_epoch
+
     def _save_checkpoint(self, model, trial) -> None:
         output_dir = self.args.output_dir
         staging = checkpoints.staging_root(output_dir)
-        self._writing_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._writing_checkpoint = False
-        best = self.state.best_model_checkpoint
-        if best and os.path.normpath(best).startswith(os.path.normpath(staging)):
-            self.state.best_model_checkpoint = os.path.join(output_dir, os.path.basename(best))
         step = self.state.global_step
-        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
-        if self.args.should_save:
-            staged = checkpoints.staging_path(output_dir, step)
-            self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the published paths
-            checkpoints.publish_checkpoint(staged, output_dir, step)
-            checkpoints.rotate_checkpoints(output_dir, self.args.save_total_limit, keep=self.state.best_model_checkpoint)
+        staged = checkpoints.staging_path(output_dir, step)
+        # A full disk or a read-only folder becomes a clear error; the previous checkpoint stays.
+        with checkpoints.guarded_save(f"checkpoint-{step}", output_dir, staged=staged):
+            self._writing_checkpoint = True
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._writing_checkpoint = False
+            best = self.state.best_model_checkpoint
+            if best and os.path.normpath(best).startswith(os.path.normpath(staging)):
+                self.state.best_model_checkpoint = os.path.join(output_dir, os.path.basename(best))
+            self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the published paths
+                published = checkpoints.publish_checkpoint(staged, output_dir, step)
+                if self.hub_pusher is not None:
+                    self.hub_pusher.push_checkpoint(published, step)  # per --hub_strategy; never raises
+                checkpoints.rotate_checkpoints(output_dir, self.args.save_total_limit, keep=self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
 
@@ -83,26 +164,19 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataArguments, TrainerArguments), argv, prog="run_summarization.py"
     )
     setup_logging(training_args.log_level)
+    prepare_trainer_arguments(training_args)  # a non-fused optimizer on TPUs
     logger.info("Training/evaluation parameters: %s", training_args.to_dict() | {"hub_token": None})
+    # --push_to_hub goes through seqtune's pusher (checked in set_up_run, before anything else).
+    hub = HubPusher.from_arguments(training_args, model_args)
 
     # Output dir (resume, refuse, or start afresh), seed, data, model: the same for every recipe.
     setup = set_up_run(
-        model_args,
-        data_args,
-        output_dir=training_args.output_dir,
-        overwrite_output_dir=training_args.overwrite_output_dir,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        do_train=training_args.do_train,
-        do_eval=training_args.do_eval,
-        do_predict=training_args.do_predict,
-        seed=training_args.seed,
-        argv=argv,
-        arguments=[model_args, data_args, training_args],
-        main_process_first=training_args.main_process_first,
+        model_args, data_args, training_args, argv=argv, main_process_first=training_args.main_process_first, hub=hub
     )
     resume_from, raw, tokenizer, model, tokenized = (
         setup.resume_from, setup.raw, setup.tokenizer, setup.model, setup.tokenized
     )
+    warn_fp16_overflow(model.config.model_type, mixed_precision_name(training_args.fp16, training_args.bf16))
 
     # Generation settings for evaluation and prediction.
     generation = generation_settings(data_args, training_args.generation_max_length, training_args.generation_num_beams)
@@ -110,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     training_args.generation_num_beams = generation["num_beams"]
 
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
+    training_args.push_to_hub = False  # the Trainer's own pushes would bypass staging and write their own card
     trainer = SeqtuneTrainer(
         model=model,
         args=training_args,
@@ -119,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=build_collator(tokenizer, model, data_args, pad_multiple),
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
     )
+    trainer.hub_pusher = hub
+    trainer.add_callback(RunLogCallback(training_args.output_dir))  # log_history.jsonl, for the report
+    trainer_progress = progress.install(trainer)  # bars on a terminal, log lines elsewhere
 
     results: dict = {}
     model_files = None
@@ -142,31 +220,24 @@ def main(argv: list[str] | None = None) -> dict:
 
     if training_args.do_predict:
         logger.info("*** Predict ***")
+        trainer_progress.label = "Predicting"
         prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
-        metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
-        log_metrics("predict", metrics)
-        write_results(training_args.output_dir, "predict", metrics)
+        record_results(training_args.output_dir, "predict", dict(prediction.metrics, predict_samples=len(tokenized["test"])),
+                       results)
         if training_args.predict_with_generate:
-            count = write_predictions(training_args.output_dir, decode_token_ids(prediction.predictions, tokenizer))
-            logger.info("Wrote %d predictions to %s.", count, os.path.join(training_args.output_dir, "generated_predictions.txt"))
-        results.update(metrics)
+            save_predictions(training_args.output_dir, prediction.predictions, tokenizer)
 
     finish(
-        training_args.output_dir,
-        model_args=model_args,
-        data_args=data_args,
+        model_args,
+        data_args,
+        training_args,
         setup=setup,
         results=results,
-        hyperparameters={
-            "learning_rate": training_args.learning_rate,
-            "per_device_train_batch_size": training_args.per_device_train_batch_size,
-            "num_train_epochs": training_args.num_train_epochs,
-            "max_steps": training_args.max_steps,
-            "seed": training_args.seed,
-        },
+        hyperparameters={"num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps},
         command=["run_summarization.py", *argv],
         trainer="Seq2SeqTrainer",
         model_files=model_files,
+        hub=hub,
     )
     return results
 

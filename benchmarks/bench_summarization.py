@@ -1,0 +1,381 @@
+#!/usr/bin/env python
+"""Benchmark seqtune's two scripts against the plain Seq2SeqTrainer pipeline, in one invocation.
+
+The baseline is the pipeline the Hugging Face summarization example wires: tokenize with
+`datasets.map`, pad per batch with `DataCollatorForSeq2Seq`, random sampling, `generate`
+for evaluation and prediction, predictions accumulated by the Trainer. Every system runs
+in its own subprocess on the same model, data and hyper-parameters; each is repeated and
+the median is printed, with the ratio seqtune / baseline. The floor is the bare PyTorch
+forward/backward/optimizer step on batches of the same size.
+
+    python benchmarks/bench_summarization.py                 # tiny and small models
+    python benchmarks/bench_summarization.py --sizes small --repeats 5
+    make bench
+
+Nothing is downloaded: models are built from configs with random weights and the corpus is
+synthetic, with document lengths spread like news articles (about 100 to 1,500 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "src"))
+
+SYSTEMS = ("baseline", "seqtune-trainer", "seqtune-loop")
+
+
+# --------------------------------------------------------------------------- the world
+
+
+def build_world(root: str, size: str, train: int, evaluation: int, test: int, seed: int) -> dict:
+    """Model folder and JSON Lines files, written once and shared by every system."""
+    from seqtune.demo import make_base_model, synthetic_corpus, write_jsonl
+
+    model = make_base_model(os.path.join(root, f"model-{size}"), kind="t5", seed=seed, size=size)
+    rows = synthetic_corpus(train + evaluation + 10 * test, seed=seed, filler_range=(10, 165))
+    files = {
+        "train": write_jsonl(os.path.join(root, "train.jsonl"), rows[:train]),
+        "validation": write_jsonl(os.path.join(root, "validation.jsonl"), rows[train : train + evaluation]),
+        "test": write_jsonl(os.path.join(root, "test.jsonl"), rows[train + evaluation : train + evaluation + test]),
+        "test_10x": write_jsonl(os.path.join(root, "test_10x.jsonl"), rows[train + evaluation :]),
+    }
+    return {"model": model, "files": files}
+
+
+# --------------------------------------------------------------------------- workers (one per subprocess)
+
+
+def common_flags(config: dict, output_dir: str, test_key: str = "test") -> list[str]:
+    files = config["files"]
+    return [
+        "--model_name_or_path", config["model"],
+        "--train_file", files["train"], "--validation_file", files["validation"], "--test_file", files[test_key],
+        "--source_prefix", "summarize: ",
+        "--output_dir", output_dir, "--overwrite_output_dir",
+        "--max_source_length", str(config["max_source_length"]),
+        "--max_target_length", str(config["max_target_length"]),
+        "--per_device_train_batch_size", str(config["batch_size"]),
+        "--per_device_eval_batch_size", str(config["eval_batch_size"]),
+        "--learning_rate", str(config["learning_rate"]),
+        "--seed", str(config["seed"]),
+    ]
+
+
+def read_results(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, "all_results.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def worker_seqtune_trainer(config: dict, output_dir: str) -> dict:
+    from seqtune.train_trainer import main
+
+    flags = common_flags(config, output_dir, config.get("test_key", "test"))
+    flags += ["--report_to", "none", "--max_steps", str(config["steps"]), "--save_strategy", "no",
+              "--logging_steps", "10", "--predict_with_generate", "--disable_tqdm", "true"]
+    flags += ["--do_predict"] if config.get("predict_only") else ["--do_train", "--do_eval", "--do_predict"]
+    main(flags)
+    return normalise(read_results(output_dir))
+
+
+def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
+    from seqtune.train_loop import main
+
+    flags = common_flags(config, output_dir)
+    flags += ["--max_train_steps", str(config["steps"]), "--do_predict", "--num_train_epochs", "1000"]
+    main(flags)
+    return normalise(read_results(output_dir))
+
+
+def normalise(results: dict) -> dict:
+    """The figures every system reports, under one set of names."""
+    return {
+        "tokenize_s": results.get("tokenize_runtime"),
+        "train_s": results.get("train_runtime"),
+        "train_samples_per_s": results.get("train_samples_per_second"),
+        "eval_samples_per_s": results.get("eval_samples_per_second"),
+        "predict_samples_per_s": results.get("predict_samples_per_second"),
+        "train_loss": results.get("train_loss"),
+        "eval_rouge1": results.get("eval_rouge1"),
+        "eval_rougeL": results.get("eval_rougeL"),
+    }
+
+
+def worker_baseline(config: dict, output_dir: str) -> dict:
+    """The Hugging Face example's pipeline, as plain as it is there."""
+    import datasets
+    import numpy as np
+    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
+                              Seq2SeqTrainingArguments, set_seed)
+
+    from seqtune.metrics import rouge  # the same offline ROUGE, so quality figures compare
+
+    set_seed(config["seed"])
+    files = config["files"]
+    test_key = config.get("test_key", "test")
+    raw = datasets.load_dataset("json", data_files={"train": files["train"], "validation": files["validation"],
+                                                    "test": files[test_key]})
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(config["model"])
+
+    def preprocess(batch, max_target_length):
+        inputs = ["summarize: " + text for text in batch["document"]]
+        model_inputs = tokenizer(inputs, max_length=config["max_source_length"], truncation=True)
+        model_inputs["labels"] = tokenizer(text_target=batch["summary"], max_length=max_target_length, truncation=True)["input_ids"]
+        return model_inputs
+
+    started = time.perf_counter()
+    tokenized = {
+        split: raw[split].map(preprocess, batched=True, remove_columns=raw[split].column_names, load_from_cache_file=False,
+                              fn_kwargs={"max_target_length": config["max_target_length"]})
+        for split in ("train", "validation", "test")
+    }
+    tokenize_s = time.perf_counter() - started
+
+    def compute_metrics(prediction):
+        generated, labels = prediction
+        if isinstance(generated, tuple):
+            generated = generated[0]
+        generated = np.where(generated != -100, generated, tokenizer.pad_token_id)
+        labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
+        return rouge(tokenizer.batch_decode(generated, skip_special_tokens=True), tokenizer.batch_decode(labels, skip_special_tokens=True))
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=config["batch_size"],
+        per_device_eval_batch_size=config["eval_batch_size"], learning_rate=config["learning_rate"],
+        max_steps=config["steps"], save_strategy="no", logging_steps=10, report_to="none", seed=config["seed"],
+        predict_with_generate=True, generation_max_length=config["max_target_length"], disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
+                             processing_class=tokenizer, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+                             compute_metrics=compute_metrics)
+    results = {"tokenize_runtime": tokenize_s}
+    if not config.get("predict_only"):
+        results.update(trainer.train().metrics)
+        results.update(trainer.evaluate(metric_key_prefix="eval"))
+    prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
+    results.update(prediction.metrics)
+    generated = np.where(prediction.predictions != -100, prediction.predictions, tokenizer.pad_token_id)
+    with open(os.path.join(output_dir, "generated_predictions.txt"), "w", encoding="utf-8") as handle:
+        for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
+            handle.write(text.strip() + "\n")
+    return normalise(results)
+
+
+def worker_floor(config: dict, output_dir: str) -> dict:
+    """Bare PyTorch: forward, backward, AdamW step on padded batches of the same size."""
+    import datasets
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
+
+    torch.manual_seed(config["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(config["model"])
+    raw = datasets.load_dataset("json", data_files={"train": config["files"]["train"]})["train"]
+    features = [
+        {"input_ids": tokenizer("summarize: " + row["document"], max_length=config["max_source_length"], truncation=True)["input_ids"],
+         "labels": tokenizer(text_target=row["summary"], max_length=config["max_target_length"], truncation=True)["input_ids"]}
+        for row in raw
+    ]
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
+    generator = torch.Generator().manual_seed(config["seed"])
+    order = torch.randperm(len(features), generator=generator).tolist()
+    batch_size = config["batch_size"]
+    batches = [collator([features[i] for i in order[start : start + batch_size]])
+               for start in range(0, batch_size * config["steps"], batch_size)][: config["steps"]]
+    model.train()
+    started = time.perf_counter()
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - started
+    return {"train_s": elapsed, "train_samples_per_s": len(batches) * batch_size / elapsed, "step_ms": 1000 * elapsed / len(batches)}
+
+
+WORKERS = {
+    "baseline": worker_baseline,
+    "seqtune-trainer": worker_seqtune_trainer,
+    "seqtune-loop": worker_seqtune_loop,
+    "floor": worker_floor,
+}
+
+
+def run_worker(system: str, config: dict, scratch: str) -> dict:
+    """Run one system in a fresh interpreter; add its wall time and peak RSS."""
+    output_dir = tempfile.mkdtemp(prefix=f"{system}-", dir=scratch)
+    config_path = os.path.join(output_dir, "..", f"{os.path.basename(output_dir)}.json")
+    with open(config_path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               HF_DATASETS_CACHE=os.path.join(output_dir, "datasets-cache"))
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", system, "--config", config_path, "--output_dir", output_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    stdout, stderr = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{system} failed (exit {process.returncode}):\n{stderr[-4000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    result["peak_rss_mb"] = result.pop("_peak_rss_mb", None)
+    return result
+
+
+# --------------------------------------------------------------------------- the report
+
+
+ROWS = [
+    ("tokenize_s", "tokenization (s)", "lower"),
+    ("train_samples_per_s", "train samples/s", "higher"),
+    ("train_tokens_per_s", "train tokens/s", "higher"),
+    ("eval_samples_per_s", "eval+generate samples/s", "higher"),
+    ("predict_samples_per_s", "predict samples/s", "higher"),
+    ("wall_s", "end-to-end wall (s)", "lower"),
+    ("peak_rss_mb", "peak RSS (MB)", "lower"),
+    ("train_loss", "final train loss", None),
+    ("eval_rouge1", "ROUGE-1", None),
+    ("eval_rougeL", "ROUGE-L", None),
+]
+
+
+def median_of(runs: list[dict], key: str):
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def print_table(title: str, medians: dict, systems: list[str]) -> None:
+    print(f"\n== {title} (medians) ==")
+    header = f"{'':<26}" + "".join(f"{s:>17}" for s in systems)
+    ratios = [s for s in systems if s.startswith("seqtune")]
+    header += "".join(f"{s.replace('seqtune-', '') + '/base':>14}" for s in ratios)
+    print(header)
+    for key, label, better in ROWS:
+        line = f"{label:<26}" + "".join(f"{fmt(medians[s].get(key)):>17}" for s in systems)
+        base = medians.get("baseline", {}).get(key)
+        for system in ratios:
+            value = medians[system].get(key)
+            if better is None or value is None or base in (None, 0):
+                ratio = (f"{value - base:+.3f}" if None not in (value, base) else "-")
+            elif better == "higher":
+                ratio = f"{value / base:.2f}x"
+            else:
+                ratio = f"{base / value:.2f}x" if value else "-"
+            line += f"{ratio:>14}"
+        print(line)
+    print("(ratios: speed-up where higher is better or time/memory saved where lower is better; "
+          "difference for loss and ROUGE)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small", help="Model sizes to run (tiny, small).")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="Systems to compare.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per system; the median is reported.")
+    parser.add_argument("--train_examples", type=int, default=512)
+    parser.add_argument("--eval_examples", type=int, default=64)
+    parser.add_argument("--test_examples", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--eval_batch_size", type=int, default=16)
+    parser.add_argument("--max_source_length", type=int, default=1024)
+    parser.add_argument("--max_target_length", type=int, default=32)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--skip_memory", action="store_true", help="Skip the 10x-test-set prediction memory check.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--output_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:  # inside the subprocess
+        import resource
+
+        with open(args.config, encoding="utf-8") as handle:
+            config = json.load(handle)
+        result = WORKERS[args.worker](config, args.output_dir)
+        peaks = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        result["_peak_rss_mb"] = max(peaks) / 1024  # kilobytes on Linux
+        print(json.dumps(result))
+        return
+
+    import platform
+
+    import torch
+
+    systems = [s for s in args.systems.split(",") if s]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory(prefix="seqtune-bench-") as scratch:
+        for size in args.sizes.split(","):
+            world = build_world(os.path.join(scratch, size), size, args.train_examples, args.eval_examples,
+                                args.test_examples, seed=0)
+            config = dict(world, size=size, steps=args.steps, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+                          max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+                          learning_rate=args.learning_rate, seed=0)
+            mean_tokens = mean_train_tokens(config)
+            runs = {system: [] for system in systems + ["floor"]}
+            for repeat in range(args.repeats):
+                for system in systems + ["floor"]:
+                    result = run_worker(system, config, scratch)
+                    if result.get("train_samples_per_s"):
+                        result["train_tokens_per_s"] = result["train_samples_per_s"] * mean_tokens
+                    runs[system].append(result)
+                    print(f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s", flush=True)
+            medians = {system: {key: median_of(results, key) for key, _, _ in ROWS} for system, results in runs.items()}
+            print_table(f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
+                        f"batch {args.batch_size}", medians, systems)
+            floor = median_of(runs["floor"], "step_ms")
+            print(f"floor (bare PyTorch fwd/bwd/AdamW, random batches): {floor:.1f} ms/step, "
+                  f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s")
+            if not args.skip_memory:
+                memory_check(config, scratch, systems)
+
+
+def mean_train_tokens(config: dict) -> float:
+    """Mean source+target tokens per training example (after truncation), for tokens/s."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    total = count = 0
+    with open(config["files"]["train"], encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            total += min(len(tokenizer("summarize: " + row["document"])["input_ids"]), config["max_source_length"])
+            total += min(len(tokenizer(row["summary"])["input_ids"]), config["max_target_length"])
+            count += 1
+    return total / max(count, 1)
+
+
+def memory_check(config: dict, scratch: str, systems: list[str]) -> None:
+    """Peak RSS of prediction on N and on 10N test examples: flat memory means streamed predictions."""
+    print("\n== prediction memory: peak RSS, test set x1 vs x10 ==")
+    for system in [s for s in systems if s != "seqtune-loop"]:
+        peaks = []
+        for key in ("test", "test_10x"):
+            result = run_worker(system, dict(config, predict_only=True, test_key=key), scratch)
+            peaks.append(result["peak_rss_mb"])
+        print(f"  {system:<17} x1 {peaks[0]:8.1f} MB   x10 {peaks[1]:8.1f} MB   growth {100 * (peaks[1] / peaks[0] - 1):+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The steps every recipe takes before and after its training loop.
+
+Both recipes (the Trainer one in `train_trainer`, the Accelerate one in `train_loop`)
+start a run the same way (output-dir rules, seed, data, model, run marker, tokenization),
+generate with the same settings, and end it the same way (model card, run marker). They
+differ only in the loop between `set_up_run` and `finish`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import set_seed
+
+from .arguments import DataArguments, ModelArguments
+from .data import RawData, load_raw_data, tokenize_splits, wanted_splits
+from .modeling import load_model_and_tokenizer, remember_summarization_settings
+from .card import write_model_card
+from .metrics import decode_token_ids
+from .outputs import (
+    PREDICTIONS_FILE,
+    finish_run,
+    log_metrics,
+    prepare_output_dir,
+    redacted_command,
+    start_run,
+    write_predictions,
+    write_results,
+)
+from .progress import configure_library_progress, phase
+from .report import build_report_at_end, save_report_examples
+from .xla import log_compilations, prepare_for_xla
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSetup:
+    """What a recipe has once the run is set up: where to resume from, the data and the model."""
+
+    resume_from: str | None  # the checkpoint to resume from, or None to start afresh
+    raw: RawData
+    tokenizer: Any
+    model: Any
+    tokenized: Any  # DatasetDict of the wanted splits, tokenized
+
+
+def set_up_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args,  # the loop's arguments: output_dir, overwrite_output_dir, resume_from_checkpoint, do_*, seed
+    *,
+    argv: list[str],
+    main_process_first=contextlib.nullcontext,
+    hub=None,  # a seqtune.hub.HubPusher with --push_to_hub: checked before anything else
+) -> RunSetup:
+    """Output dir (resume, refuse or start afresh), seed, validated data, model, run marker, tokens.
+
+    Nothing is written before the data and the model have loaded, so a bad file or a
+    wrong model name loses nothing.
+    """
+    configure_library_progress()  # bars on a terminal, line-based progress in logs
+    if hub is not None:
+        hub.check()  # hub reachable, token valid, repository there: fail now, not after training
+    output_dir = run_args.output_dir
+    resume_from = prepare_output_dir(output_dir, run_args.overwrite_output_dir, run_args.resume_from_checkpoint,
+                                     run_args.do_train)
+    set_seed(run_args.seed)
+    with phase("Loading the data"):
+        raw = load_raw_data(data_args, model_args, wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict))
+    tokenizer, model = load_model_and_tokenizer(model_args, data_args)
+    remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
+    prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
+    start_run(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
+    save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
+    tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)
+    return RunSetup(resume_from=resume_from, raw=raw, tokenizer=tokenizer, model=model, tokenized=tokenized)
+
+
+def generation_settings(data_args: DataArguments, max_length: int | None = None, num_beams: int | None = None) -> dict:
+    """max_length and num_beams for evaluation and prediction.
+
+    The length defaults to --val_max_target_length; --num_beams, when given, wins over the
+    loop's own setting (None leaves the model's generation config in charge).
+    """
+    return {
+        "max_length": max_length if max_length is not None else data_args.val_max_target_length,
+        "num_beams": data_args.num_beams if data_args.num_beams is not None else num_beams,
+    }
+
+
+def record_results(output_dir: str, split: str, metrics: dict, results: dict) -> None:
+    """Log a split's metrics, write {split}_results.json (merged into all_results.json), add them to `results`."""
+    log_metrics(split, metrics)
+    write_results(output_dir, split, metrics)
+    results.update(metrics)
+
+
+def save_predictions(output_dir: str, generated_ids, tokenizer) -> None:
+    """Decode generated ids (in input order) into generated_predictions.txt, one line per example."""
+    count = write_predictions(output_dir, decode_token_ids(generated_ids, tokenizer))
+    logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
+
+
+def finish(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args,  # the loop's arguments: output_dir, learning_rate, per_device_train_batch_size, seed
+    *,
+    setup: RunSetup,
+    results: dict,
+    command: list[str],
+    trainer: str,
+    model_files: list[str] | None,
+    hyperparameters: dict | None = None,  # the loop's own, besides learning rate, batch size and seed
+    hub=None,  # a seqtune.hub.HubPusher with --push_to_hub: pushes the finished output dir
+) -> None:
+    """Write the report and the model card, mark the run finished, say where everything is, push it (--push_to_hub)."""
+    output_dir = run_args.output_dir
+    build_report_at_end(output_dir)  # before the card, which shows the training-loss plot
+    write_model_card(
+        output_dir,
+        {
+            "base_model": model_args.model_name_or_path,
+            "dataset": setup.raw.source,
+            "metrics": {k: v for k, v in results.items() if k.startswith(("eval_", "predict_", "train_loss"))},
+            "hyperparameters": {
+                "learning_rate": run_args.learning_rate,
+                "per_device_train_batch_size": run_args.per_device_train_batch_size,
+                "seed": run_args.seed,
+                **(hyperparameters or {}),
+                "max_source_length": data_args.max_source_length,
+                "max_target_length": data_args.max_target_length,
+            },
+            "source_prefix": data_args.source_prefix,
+            "command": redacted_command(command),
+            "trainer": trainer,
+            "repo_id": hub.repo_id if hub is not None else None,
+        },
+    )
+    log_compilations()  # on an XLA device: how many graphs were compiled
+    finish_run(output_dir, model_files)
+    logger.info("Outputs are in %s", os.path.abspath(output_dir))
+    if hub is not None:
+        hub.push_final(output_dir)

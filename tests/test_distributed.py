@@ -1,0 +1,242 @@
+"""Distributed training with real torchrun processes on the CPU (gloo): the Trainer script.
+
+What makes 2 processes x 2 comparable with 1 process x 4 (same seed, same global batch):
+- data order: Accelerate gives every process the same seeded permutation and deals out
+  consecutive per-process batches, so global batch k holds the same 4 examples as the
+  single process's batch k (the default random sampler; no sequential order needed);
+- dropout: the tiny models have none, so the forward passes are the same functions;
+- gradient averaging: seqtune's loss is the mean over the target tokens of the global
+  batch, so DDP's average of the per-process gradients is the single-process gradient
+  even when the processes hold different numbers of target tokens (the training targets
+  here vary in length on purpose).
+What is left is float summation order, hence a small tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, UNKNOWN_WORD, free_port, run_script, synthetic_corpus, torchrun, write_jsonl
+
+from seqtune.checkpoints import list_checkpoints
+
+STEPS = 4
+LOSS_TOLERANCE = 1e-4  # relative; observed differences are float noise (< 1e-6)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def step_losses(output_dir) -> dict[int, float]:
+    history = read_json(os.path.join(output_dir, "trainer_state.json"))["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    """Train/validation/test files: 64 training examples whose summaries vary in length,
+    15 validation and 11 test examples (neither divisible by the 2 processes nor by 2 x 4)."""
+    folder = tmp_path_factory.mktemp("distributed-data")
+    rows = synthetic_corpus(64 + 15 + 11, seed=1)
+    train = []
+    for index, row in enumerate(rows[:64]):
+        words = row["summary"].split()
+        train.append({"document": row["document"], "summary": " ".join(words[: 3 + index % 7])})
+    return {
+        "train": write_jsonl(str(folder / "train.jsonl"), train),
+        "train_fixed_length": write_jsonl(str(folder / "train-fixed.jsonl"), rows[:64]),  # every summary 11 tokens
+        "validation": write_jsonl(str(folder / "validation.jsonl"), rows[64:79]),
+        "test": write_jsonl(str(folder / "test.jsonl"), rows[79:]),
+    }
+
+
+def run_args(model: str, files: dict, output_dir, batch: int, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", model,
+        "--train_file", files["train"],
+        "--validation_file", files["validation"],
+        "--test_file", files["test"],
+        "--output_dir", str(output_dir),
+        "--max_source_length", "96",
+        "--max_target_length", "24",
+        "--val_max_target_length", "12",
+        "--per_device_train_batch_size", str(batch),
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "1e-4",
+        "--max_steps", str(STEPS),
+        "--logging_steps", "1",
+        "--save_steps", "2",
+        "--report_to", "none",
+        "--seed", "0",
+        "--disable_tqdm", "true",
+        *extra,
+    ]
+
+
+EVALUATE = ("--do_train", "--do_eval", "--do_predict", "--predict_with_generate")
+
+
+@pytest.fixture(scope="module")
+def single_process(trap_model, world, tmp_path_factory) -> str:
+    """The reference: one process, batch 4."""
+    output_dir = tmp_path_factory.mktemp("single") / "run"
+    assert_ok(run_script(TRAINER_SCRIPT, run_args(trap_model, world, output_dir, 4, *EVALUATE)))
+    return str(output_dir)
+
+
+def assert_same_losses(output_dir, reference) -> None:
+    losses, expected = step_losses(output_dir), step_losses(reference)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    assert sorted(losses) == sorted(expected)
+    for step in expected:
+        assert losses[step] == pytest.approx(expected[step], rel=LOSS_TOLERANCE), f"step {step}"
+
+
+def test_torchrun_two_processes_train_like_one(trap_model, world, single_process, tmp_path):
+    output_dir = tmp_path / "run"
+    result = run_script(TRAINER_SCRIPT, run_args(trap_model, world, output_dir, 2, *EVALUATE), launcher=torchrun(2))
+    assert_ok(result)
+
+    # Same global batch, same seed: the same training losses step by step, and the same epochs.
+    assert_same_losses(output_dir, single_process)
+    train, reference_train = read_json(output_dir / "train_results.json"), read_json(os.path.join(single_process, "train_results.json"))
+    assert train["epoch"] == reference_train["epoch"] == STEPS * 4 / 64
+
+    # Evaluation counts every one of the 15 examples once (no padded duplicates in ROUGE).
+    evaluation = read_json(output_dir / "eval_results.json")
+    reference_eval = read_json(os.path.join(single_process, "eval_results.json"))
+    assert evaluation["eval_samples"] == 15
+    for key in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"):
+        assert evaluation[key] == pytest.approx(reference_eval[key], abs=1e-6), key
+    assert evaluation["eval_loss"] == pytest.approx(reference_eval["eval_loss"], rel=1e-3)
+
+    # One prediction per test example, in input order: the same lines as the single process.
+    with open(output_dir / "generated_predictions.txt", encoding="utf-8") as handle:
+        predictions = handle.read().splitlines()
+    with open(os.path.join(single_process, "generated_predictions.txt"), encoding="utf-8") as handle:
+        expected = handle.read().splitlines()
+    assert len(predictions) == 11
+    assert len(set(expected)) > 5  # the trap model's summaries differ from input to input
+    assert predictions == expected
+
+    # Only rank 0 wrote: the same files as the single process, complete checkpoints, no leftovers.
+    assert sorted(os.listdir(output_dir)) == sorted(os.listdir(single_process))
+    assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-2", "checkpoint-4"]
+    assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
+
+
+def test_two_nodes_on_loopback_train_together(trap_model, world, single_process, tmp_path):
+    """Two torchrun "nodes" of one process each (static rendezvous on 127.0.0.1) form one job."""
+    output_dir = tmp_path / "run"  # one folder, as on a cluster's shared file system
+    port = str(free_port())
+    nodes = []
+    for node_rank in (0, 1):
+        launcher = torchrun(1, "--nnodes", "2", "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", port)
+        command = launcher + [TRAINER_SCRIPT] + run_args(trap_model, world, output_dir, 2, "--do_train")
+        nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-4000:]
+
+    # 2 nodes x 1 process x 2 examples = the single process's batch of 4, step by step.
+    assert_same_losses(output_dir, single_process)
+    assert read_json(output_dir / "train_results.json")["epoch"] == STEPS * 4 / 64
+    assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-2", "checkpoint-4"]
+    assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
+
+
+def test_non_finite_loss_on_one_process_stops_every_process(trap_model, world, tmp_path):
+    """Only rank 0's batch of step 3 makes the loss NaN; both processes stop there, the
+    checkpoints before it stay, nothing after it is written."""
+    rows = [json.loads(line) for line in open(world["train"], encoding="utf-8")]
+    # Sequential order: step 3 is examples 8-11, rank 0 gets 8-9, rank 1 gets 10-11.
+    rows[9] = dict(rows[9], document=f"{UNKNOWN_WORD} {rows[9]['document']}")
+    files = dict(world, train=write_jsonl(str(tmp_path / "poisoned.jsonl"), rows))
+    output_dir = tmp_path / "run"
+    args = run_args(trap_model, files, output_dir, 2, "--do_train", "--save_steps", "1", "--max_steps", "6",
+                    "--train_sampling_strategy", "sequential")
+    result = run_script(TRAINER_SCRIPT, args, launcher=torchrun(2))
+
+    assert result.returncode != 0
+    assert "seqtune: error: the training loss is nan at step 3" in result.stderr  # rank 0
+    assert "seqtune: error: the training loss is not finite (NaN or inf) on another process at step 3" in result.stderr  # rank 1
+    assert "Likely cause: the learning rate (0.0001) is too high" in result.stderr
+    assert "checkpoint-2, is kept" in result.stderr
+    assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-1", "checkpoint-2"]
+    assert not any(name.startswith("checkpoint-3") for name in os.listdir(output_dir))
+    assert not os.path.exists(output_dir / "model.safetensors")
+    assert not os.path.exists(output_dir / "train_results.json")
+
+
+# --------------------------------------------------------------------------- the Accelerate loop
+
+
+def loop_args(model: str, files: dict, output_dir, batch: int) -> list[str]:
+    return [
+        "--model_name_or_path", model,
+        "--train_file", files["train_fixed_length"],
+        "--validation_file", files["validation"],
+        "--test_file", files["test"],
+        "--do_predict",
+        "--output_dir", str(output_dir),
+        "--max_source_length", "96",
+        "--max_target_length", "24",
+        "--val_max_target_length", "12",
+        "--per_device_train_batch_size", str(batch),
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "1e-4",
+        "--max_train_steps", str(STEPS),
+        "--logging_steps", "1",
+        "--checkpointing_steps", "2",
+        "--seed", "0",
+    ]
+
+
+def logged_losses(output_dir) -> dict[int, float]:
+    with open(os.path.join(output_dir, "log_history.jsonl"), encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle]
+    return {event["step"]: event["loss"] for event in events if event.get("event") == "train"}
+
+
+def test_loop_torchrun_two_processes_train_like_one(trap_model, world, tmp_path):
+    """The no_trainer script under torchrun: same losses, metrics and predictions as one process.
+
+    Its training loss is each process's mean over its own batch (averaged by DDP), which is
+    the single process's mean when every process holds as many target tokens: hence training
+    summaries of one length here (the Trainer weighs tokens globally and needs no such care).
+    """
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert_ok(run_script(LOOP_SCRIPT, loop_args(trap_model, world, single, 4)))
+    assert_ok(run_script(LOOP_SCRIPT, loop_args(trap_model, world, double, 2), launcher=torchrun(2)))
+
+    losses, expected = logged_losses(double), logged_losses(single)
+    assert sorted(expected) == list(range(1, STEPS + 1)) and sorted(losses) == sorted(expected)
+    for step in expected:
+        assert losses[step] == pytest.approx(expected[step], rel=LOSS_TOLERANCE), f"step {step}"
+    assert read_json(double / "train_results.json")["epoch"] == read_json(single / "train_results.json")["epoch"] == 0.25
+
+    evaluation, reference = read_json(double / "eval_results.json"), read_json(single / "eval_results.json")
+    assert evaluation["eval_samples"] == reference["eval_samples"] == 15
+    for key in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"):
+        assert evaluation[key] == pytest.approx(reference[key], abs=1e-6), key
+    assert evaluation["eval_loss"] == pytest.approx(reference["eval_loss"], abs=2e-4)  # both rounded to 4 places
+
+    with open(double / "generated_predictions.txt", encoding="utf-8") as handle:
+        predictions = handle.read().splitlines()
+    with open(single / "generated_predictions.txt", encoding="utf-8") as handle:
+        expected_predictions = handle.read().splitlines()
+    assert len(predictions) == 11 and len(set(expected_predictions)) > 5
+    assert predictions == expected_predictions
+    assert sorted(os.listdir(double)) == sorted(os.listdir(single))
+    assert [os.path.basename(c) for c in list_checkpoints(str(double))] == ["checkpoint-2", "checkpoint-4"]

@@ -1,0 +1,154 @@
+"""Mixed precision and the non-finite-loss guard (seqtune.precision), Trainer script.
+
+--bf16 trains on the CPU; --fp16 without a GPU is refused before anything is written;
+a NaN loss stops training at that step with the cause, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from conftest import TRAINER_SCRIPT, UNKNOWN_WORD, quick_args, run_script, synthetic_corpus, write_jsonl
+
+from seqtune.checkpoints import list_checkpoints
+from seqtune.errors import UserError
+from seqtune.precision import (
+    NonFiniteLossError,
+    accelerator_available,
+    check_loss_is_finite,
+    check_mixed_precision,
+    non_finite_loss_message,
+    warn_fp16_overflow,
+)
+from seqtune.train_trainer import main
+
+no_gpu = pytest.mark.skipif(accelerator_available(), reason="this machine has a GPU: --fp16 is allowed there")
+
+
+def run_main(argv):
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def losses(output_dir) -> list[float]:
+    history = read_json(os.path.join(output_dir, "trainer_state.json"))["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+# --------------------------------------------------------------------------- fp16 / bf16 flags
+
+
+@no_gpu
+def test_fp16_without_gpu_is_refused_before_anything_is_written(t5_model, corpus_files, tmp_path):
+    output_dir = tmp_path / "run"
+    result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, output_dir, "--do_train", "--fp16"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("seqtune: error:")]
+    assert errors == ["seqtune: error: --fp16 needs a CUDA GPU and none is visible. "
+                      "Fix: use --bf16 for mixed precision on a CPU, or drop --fp16."]
+    assert not output_dir.exists()
+
+
+def test_precision_flags_checked_together():
+    with pytest.raises(UserError, match="--fp16 and --bf16 were both given"):
+        check_mixed_precision(fp16=True, bf16=True)
+    with pytest.raises(UserError, match="--use_cpu was given.*--bf16"):
+        check_mixed_precision(fp16=True, bf16=False, use_cpu=True)
+    check_mixed_precision(fp16=False, bf16=True, use_cpu=True)  # bf16 runs on CPUs
+    check_mixed_precision(fp16=False, bf16=False)
+
+
+def test_bf16_trains_on_cpu(t5_model, corpus_files, tmp_path):
+    """bf16 autocast really runs (its losses differ from fp32 at bf16's precision) and trains."""
+    runs = {}
+    for name, extra in (("fp32", ()), ("bf16", ("--bf16",))):
+        output_dir = tmp_path / name
+        args = quick_args(t5_model, corpus_files, output_dir, "--do_train", "--max_steps", "3", "--logging_steps", "1",
+                          "--save_strategy", "no", "--disable_tqdm", "true", *extra)
+        assert isinstance(run_main(args), dict)
+        runs[name] = losses(output_dir)
+        assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
+    assert read_json(tmp_path / "bf16" / "seqtune_args.json")["bf16"] is True
+    assert len(runs["bf16"]) == 3 and all(torch.isfinite(torch.tensor(runs["bf16"])))
+    assert runs["bf16"] != runs["fp32"]  # mixed precision was applied, not silently ignored
+    assert runs["bf16"] == pytest.approx(runs["fp32"], rel=0.02)  # ... and it trains the same model
+
+
+def test_fp16_with_t5_warns_up_front(caplog):
+    with caplog.at_level(logging.WARNING, logger="seqtune.precision"):
+        assert warn_fp16_overflow("t5", "fp16") is True
+        assert warn_fp16_overflow("mt5", "fp16") is True
+        assert warn_fp16_overflow("bart", "fp16") is False
+        assert warn_fp16_overflow("t5", "bf16") is False
+        assert warn_fp16_overflow("t5", "no") is False
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "overflow in fp16" in warnings[0] and "--bf16" in warnings[0]
+
+
+# --------------------------------------------------------------------------- non-finite loss
+
+
+def test_non_finite_message_names_step_and_cause():
+    message = non_finite_loss_message(7, float("nan"), mixed_precision="fp16", model_type="t5", learning_rate=3e-4,
+                                      last_checkpoint="/out/checkpoint-6")
+    assert message.startswith("the training loss is nan at step 7; training stopped there.")
+    assert "t5 (T5-family) models overflow in fp16" in message
+    assert "--bf16" in message and "fp32" in message
+    assert "/out/checkpoint-6, is kept" in message
+    message = non_finite_loss_message(2, float("inf"), mixed_precision="no", model_type="bart", learning_rate=5.0,
+                                      last_checkpoint=None)
+    assert "inf at step 2" in message and "the learning rate (5) is too high" in message
+    assert "No checkpoint was written before it." in message
+
+
+def test_loss_guard_passes_finite_and_stops_non_finite(tmp_path):
+    guard = dict(mixed_precision="bf16", model_type="t5", learning_rate=1e-3, output_dir=str(tmp_path))
+    check_loss_is_finite(torch.tensor(2.5), 1, **guard)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(NonFiniteLossError, match="at step 4"):
+            check_loss_is_finite(torch.tensor(bad), 4, **guard)
+    assert issubclass(NonFiniteLossError, UserError)  # one message, exit code 2, no traceback
+
+
+def poisoned_training_file(folder, index: int) -> str:
+    """64 training examples; example `index` holds a word the trap model turns into a NaN loss."""
+    rows = synthetic_corpus(64, seed=3)
+    rows[index] = dict(rows[index], document=f"{UNKNOWN_WORD} {rows[index]['document']}")
+    return write_jsonl(os.path.join(folder, "train.jsonl"), rows)
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(trap_model, corpus_files, tmp_path, capsys):
+    # Batches of 4 in file order: example 13 is in step 4.
+    files = dict(corpus_files, train=poisoned_training_file(str(tmp_path), 13))
+    output_dir = tmp_path / "run"
+    args = quick_args(trap_model, files, output_dir, "--do_train", "--per_device_train_batch_size", "4",
+                      "--train_sampling_strategy", "sequential", "--max_steps", "8", "--save_steps", "1",
+                      "--save_total_limit", "2", "--logging_steps", "1", "--disable_tqdm", "true")
+    assert run_main(args) == 2
+    stderr = capsys.readouterr().err
+    assert "seqtune: error: the training loss is nan at step 4; training stopped there." in stderr
+    assert "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
+    assert f"{output_dir / 'checkpoint-3'}, is kept" in stderr
+    assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-2", "checkpoint-3"]
+    assert not os.path.exists(output_dir / "model.safetensors")  # no final model from a diverged run
+    state = read_json(output_dir / "checkpoint-3" / "trainer_state.json")
+    assert state["global_step"] == 3 and all(torch.isfinite(torch.tensor([e["loss"] for e in state["log_history"] if "loss" in e])))
+
+    # Fixed data, same command: it resumes from the kept checkpoint and finishes.
+    write_jsonl(files["train"], synthetic_corpus(64, seed=3))
+    assert isinstance(run_main(args), dict)
+    assert read_json(output_dir / "trainer_state.json")["global_step"] == 8
+    assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
