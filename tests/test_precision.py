@@ -1,4 +1,4 @@
-"""Mixed precision and the non-finite-loss guard (seqtune.precision), Trainer script.
+"""Mixed precision and the non-finite-loss guard (seqtune.precision), for both scripts.
 
 --bf16 trains on the CPU; --fp16 without a GPU is refused before anything is written;
 a NaN loss stops training at that step with the cause, keeping the last good checkpoint.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import pytest
 import torch
 from conftest import TRAINER_SCRIPT, UNKNOWN_WORD, quick_args, run_script, synthetic_corpus, write_jsonl
 
+from seqtune import train_loop, train_trainer
 from seqtune.checkpoints import list_checkpoints
 from seqtune.errors import UserError
 from seqtune.precision import (
@@ -24,12 +26,29 @@ from seqtune.precision import (
     non_finite_loss_message,
     warn_fp16_overflow,
 )
-from seqtune.train_trainer import main
 
 no_gpu = pytest.mark.skipif(accelerator_available(), reason="this machine has a GPU: --fp16 is allowed there")
+FP16_REFUSED = ("seqtune: error: --fp16 needs a CUDA GPU and none is visible. "
+                "Fix: use --bf16 for mixed precision on a CPU, or drop --fp16.")
 
 
-def run_main(argv):
+def trainer_args(model, files, output_dir, steps: int, *extra: str) -> list[str]:
+    return quick_args(model, files, output_dir, "--do_train", "--max_steps", str(steps), "--logging_steps", "1",
+                      "--disable_tqdm", "true", *extra)
+
+
+def loop_args(model, files, output_dir, steps: int, *extra: str) -> list[str]:
+    return quick_args(model, files, output_dir, "--max_train_steps", str(steps), "--logging_steps", "1", *extra)
+
+
+# script name -> (main, arguments for a short training run, flags for a checkpoint every step)
+SCRIPTS = {
+    "trainer": (train_trainer.main, trainer_args, ("--save_steps", "1")),
+    "no_trainer": (train_loop.main, loop_args, ("--checkpointing_steps", "1")),
+}
+
+
+def run_main(main, argv):
     try:
         return main(argv)
     except SystemExit as exit_:
@@ -41,9 +60,10 @@ def read_json(path):
         return json.load(handle)
 
 
-def losses(output_dir) -> list[float]:
-    history = read_json(os.path.join(output_dir, "trainer_state.json"))["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
+def logged_losses(output_dir) -> list[float]:
+    with open(os.path.join(output_dir, "log_history.jsonl"), encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle]
+    return [event["loss"] for event in events if event.get("event") == "train"]
 
 
 # --------------------------------------------------------------------------- fp16 / bf16 flags
@@ -55,9 +75,15 @@ def test_fp16_without_gpu_is_refused_before_anything_is_written(t5_model, corpus
     result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, output_dir, "--do_train", "--fp16"))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("seqtune: error:")]
-    assert errors == ["seqtune: error: --fp16 needs a CUDA GPU and none is visible. "
-                      "Fix: use --bf16 for mixed precision on a CPU, or drop --fp16."]
+    assert [line for line in result.stderr.splitlines() if line.startswith("seqtune: error:")] == [FP16_REFUSED]
+    assert not output_dir.exists()
+
+
+@no_gpu
+def test_fp16_without_gpu_is_refused_by_the_no_trainer_script_too(t5_model, corpus_files, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    assert run_main(train_loop.main, loop_args(t5_model, corpus_files, output_dir, 2, "--fp16")) == 2
+    assert capsys.readouterr().err.strip() == FP16_REFUSED
     assert not output_dir.exists()
 
 
@@ -70,15 +96,15 @@ def test_precision_flags_checked_together():
     check_mixed_precision(fp16=False, bf16=False)
 
 
-def test_bf16_trains_on_cpu(t5_model, corpus_files, tmp_path):
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bf16_trains_on_cpu(script, t5_model, corpus_files, tmp_path):
     """bf16 autocast really runs (its losses differ from fp32 at bf16's precision) and trains."""
+    main, arguments, _ = SCRIPTS[script]
     runs = {}
     for name, extra in (("fp32", ()), ("bf16", ("--bf16",))):
         output_dir = tmp_path / name
-        args = quick_args(t5_model, corpus_files, output_dir, "--do_train", "--max_steps", "3", "--logging_steps", "1",
-                          "--save_strategy", "no", "--disable_tqdm", "true", *extra)
-        assert isinstance(run_main(args), dict)
-        runs[name] = losses(output_dir)
+        assert isinstance(run_main(main, arguments(t5_model, corpus_files, output_dir, 3, *extra)), dict)
+        runs[name] = logged_losses(output_dir)
         assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
     assert read_json(tmp_path / "bf16" / "seqtune_args.json")["bf16"] is True
     assert len(runs["bf16"]) == 3 and all(torch.isfinite(torch.tensor(runs["bf16"])))
@@ -123,32 +149,38 @@ def test_loss_guard_passes_finite_and_stops_non_finite(tmp_path):
     assert issubclass(NonFiniteLossError, UserError)  # one message, exit code 2, no traceback
 
 
-def poisoned_training_file(folder, index: int) -> str:
-    """64 training examples; example `index` holds a word the trap model turns into a NaN loss."""
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(script, trap_model, corpus_files, tmp_path, capsys):
+    """Example 13 makes the trap model's loss NaN: training stops at the step that trains on it
+    (step 4 in the Trainer's file order, a seeded step in the no_trainer script's shuffled one)."""
+    main, arguments, checkpoint_every_step = SCRIPTS[script]
     rows = synthetic_corpus(64, seed=3)
-    rows[index] = dict(rows[index], document=f"{UNKNOWN_WORD} {rows[index]['document']}")
-    return write_jsonl(os.path.join(folder, "train.jsonl"), rows)
-
-
-def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(trap_model, corpus_files, tmp_path, capsys):
-    # Batches of 4 in file order: example 13 is in step 4.
-    files = dict(corpus_files, train=poisoned_training_file(str(tmp_path), 13))
+    rows[13] = dict(rows[13], document=f"{UNKNOWN_WORD} {rows[13]['document']}")
+    files = dict(corpus_files, train=write_jsonl(str(tmp_path / "train.jsonl"), rows))
     output_dir = tmp_path / "run"
-    args = quick_args(trap_model, files, output_dir, "--do_train", "--per_device_train_batch_size", "4",
-                      "--train_sampling_strategy", "sequential", "--max_steps", "8", "--save_steps", "1",
-                      "--save_total_limit", "2", "--logging_steps", "1", "--disable_tqdm", "true")
-    assert run_main(args) == 2
-    stderr = capsys.readouterr().err
-    assert "seqtune: error: the training loss is nan at step 4; training stopped there." in stderr
-    assert "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
-    assert f"{output_dir / 'checkpoint-3'}, is kept" in stderr
-    assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-2", "checkpoint-3"]
-    assert not os.path.exists(output_dir / "model.safetensors")  # no final model from a diverged run
-    state = read_json(output_dir / "checkpoint-3" / "trainer_state.json")
-    assert state["global_step"] == 3 and all(torch.isfinite(torch.tensor([e["loss"] for e in state["log_history"] if "loss" in e])))
+    extra = ["--per_device_train_batch_size", "4", "--save_total_limit", "2", *checkpoint_every_step]
+    if script == "trainer":
+        extra += ["--train_sampling_strategy", "sequential"]
+    args = arguments(trap_model, files, output_dir, 10, *extra)
+    assert run_main(main, args) == 2
 
-    # Fixed data, same command: it resumes from the kept checkpoint and finishes.
+    stderr = capsys.readouterr().err
+    found = re.search(r"seqtune: error: the training loss is nan at step (\d+); training stopped there\.", stderr)
+    assert found, stderr[-2000:]
+    step = int(found.group(1))
+    if script == "trainer":
+        assert step == 4  # batches of 4 in file order: example 13 is in the 4th
+    assert 3 <= step <= 10
+    assert "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
+    assert f"{output_dir / f'checkpoint-{step - 1}'}, is kept" in stderr
+    kept = [os.path.basename(c) for c in list_checkpoints(str(output_dir))]
+    assert kept == [f"checkpoint-{step - 2}", f"checkpoint-{step - 1}"]  # nothing written at or after the bad step
+    assert not os.path.exists(output_dir / "model.safetensors")  # no final model from a diverged run
+    assert all(torch.isfinite(torch.tensor(logged_losses(output_dir))))
+
+    # Fixed data, the same command: it resumes from the kept checkpoint and finishes.
     write_jsonl(files["train"], synthetic_corpus(64, seed=3))
-    assert isinstance(run_main(args), dict)
-    assert read_json(output_dir / "trainer_state.json")["global_step"] == 8
+    assert isinstance(run_main(main, args), dict)
+    assert f"checkpoint-{step - 1}" in capsys.readouterr().err  # "Resuming from .../checkpoint-N"
     assert read_json(output_dir / "seqtune_run.json")["status"] == "finished"
+    assert os.path.exists(output_dir / "model.safetensors")

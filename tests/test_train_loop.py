@@ -243,6 +243,29 @@ def test_accelerate_launch_after_accelerate_config_default(t5_model, corpus_file
     assert {"eval_rouge1", "train_loss"} <= set(read_json(out / "all_results.json"))
 
 
+def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):
+    """SEED.md section 6, typed into a shell as written: google-t5/t5-small from the local HF cache,
+    cnn_dailymail a local folder, ~ the test's home."""
+    from test_trainer_script import cnn_rows, put_in_hf_cache, write_hub_layout
+
+    hf_home = tmp_path / "hf"
+    put_in_hf_cache(hf_home, "google-t5/t5-small", t5_model)
+    write_hub_layout(tmp_path, "cnn_dailymail", {"train": cnn_rows(12, 1), "validation": cnn_rows(5, 2)})
+    os.symlink(LOOP_SCRIPT, tmp_path / "run_summarization_no_trainer.py")
+    command = ('accelerate launch run_summarization_no_trainer.py --model_name_or_path google-t5/t5-small '
+               '--dataset_name cnn_dailymail --dataset_config "3.0.0" --source_prefix "summarize: " '
+               '--output_dir ~/tmp/tst-summarization')
+    env = dict(os.environ, HOME=str(tmp_path), HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert_ok(result)
+    results = read_json(tmp_path / "tmp" / "tst-summarization" / "all_results.json")
+    assert results["train_samples"] == 12 and results["eval_samples"] == 5
+    assert "epoch 2: eval_rouge1=" in result.stderr  # the default 3 epochs, each evaluated
+    for key in ROUGE_KEYS:
+        assert key in results
+
+
 def distributed_world(folder) -> dict:
     """7 validation and 5 test examples: not a multiple of 2 processes x 2, so the samplers pad."""
     from seqtune.demo import write_jsonl

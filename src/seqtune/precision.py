@@ -27,16 +27,16 @@ FP16_OVERFLOW_MODEL_TYPES = frozenset(PREFIX_MODEL_TYPES)
 
 def accelerator_available() -> bool:
     """True when torch can use a GPU-like device (CUDA, ROCm, MPS, XPU, ...) or an XLA device."""
-    import importlib.util
-
     import torch
+
+    from .xla import on_xla
 
     if torch.cuda.is_available():
         return True
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None and accelerator.is_available():
         return True
-    return importlib.util.find_spec("torch_xla") is not None
+    return on_xla()
 
 
 def check_mixed_precision(fp16: bool, bf16: bool, use_cpu: bool = False) -> None:
@@ -88,7 +88,7 @@ def likely_cause(mixed_precision: str, model_type: str | None, learning_rate: fl
     rate = f" ({learning_rate:g})" if learning_rate is not None else ""
     return (
         f"the learning rate{rate} is too high for this model, or an example makes it diverge. "
-        "Fix: lower --learning_rate, add warm-up (--warmup_steps), or keep gradient clipping (--max_grad_norm 1.0)"
+        "Fix: lower --learning_rate, add learning-rate warm-up steps, or keep gradient clipping (--max_grad_norm 1.0)"
     )
 
 

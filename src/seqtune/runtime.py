@@ -69,4 +69,5 @@ def setup_logging(log_level: str = "passive") -> None:
     transformers.utils.logging.disable_default_handler()
     transformers.utils.logging.enable_propagation()
     datasets.utils.logging.set_verbosity(library_level)
+    logging.getLogger("accelerate").setLevel(library_level)  # its per-file "saved ..." lines at each checkpoint
     logging.getLogger("seqtune").setLevel(level)

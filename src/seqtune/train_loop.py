@@ -164,6 +164,7 @@ class LoopArguments:
     def __post_init__(self):
         if not self.output_dir:
             raise UserError("--output_dir is required: the folder where the model and results go.")
+        self.output_dir = os.path.expanduser(self.output_dir)  # "~/tmp/..." from a config file or a quoted flag
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "num_train_epochs", "logging_steps"):
@@ -242,6 +243,14 @@ def _check_loop_checkpoint(folder: str | None) -> None:
         )
 
 
+class _TiedWeightsNote(logging.Filter):
+    """save_state stores tied weights (T5's shared embeddings) once and warns about it at every
+    checkpoint; load_state ties them again (the resume tests compare every tensor)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
 def save_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: int | None,
                     hub: HubPusher | None = None) -> None:
     """Accelerate's save_state into the staging folder; then one rename makes checkpoint-`step` visible
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, args = parse_arguments((ModelArguments, DataArguments, LoopArguments), argv, prog=PROG)
     setup_logging()
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
     _check_loop_checkpoint(args.resume_from_checkpoint and os.path.expanduser(args.resume_from_checkpoint))
     trackers = _trackers(args)
     accelerator = Accelerator(

@@ -177,7 +177,7 @@ def fixed_size_generate(model, input_ids, attention_mask=None, *, max_length: in
             following = torch.where(done, torch.full_like(following, pad), following)
             position = position + 1
             tokens = torch.where(columns.unsqueeze(0) == position, following.unsqueeze(1), tokens)
-            done = done | torch.isin(following, eos_tensor)
+            done = done | (following.unsqueeze(1) == eos_tensor).any(1)  # (torch.isin falls back to the CPU on XLA)
             if step_end is not None:
                 step_end()
     return tokens
