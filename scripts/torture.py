@@ -243,13 +243,20 @@ def run_attempt(number: int, command: list[str], output_dir: str, env: dict, log
                 trigger = _wait(lambda: set(visible_checkpoints(output_dir)) - before_checkpoints, process, deadline, 0.005)
                 if trigger:
                     _sleep_alive(rng.uniform(0.0, 0.3), process)
-            elif mode == "checkpoint":
-                # While a checkpoint is being written into the staging folder (files, manifest, rename).
-                trigger = _wait(lambda: _staging_entries(output_dir) - before_staging, process, deadline)
-                if trigger:
+            elif mode in ("checkpoint", "rotation"):
+                # While a checkpoint is written into the staging folder (files, manifest, rename), or while
+                # an old one is deleted (renamed to trash, then removed). Short moments: a busy machine's
+                # poll may miss them, so after 3 new checkpoints the kill comes anyway (and says so).
+                if mode == "checkpoint":
+                    seen = lambda: _staging_entries(output_dir) - before_staging  # noqa: E731
+                else:
+                    seen = lambda: _trash(output_dir) - before_trash  # noqa: E731
+                trigger = _wait(lambda: seen() or len(set(visible_checkpoints(output_dir)) - before_checkpoints) >= 3,
+                                process, deadline, 0.001)
+                if trigger and not seen():
+                    attempt.notes.append(f"no {mode} moment caught; killed after a publish")
+                elif trigger and mode == "checkpoint":
                     _sleep_alive(rng.uniform(0.0, 0.05), process)
-            elif mode == "rotation":
-                trigger = _wait(lambda: _trash(output_dir) - before_trash, process, deadline, 0.0005)
             elif mode == FINAL_MODE:
                 final = os.path.join(output_dir, STAGING_NAME, "final-model")
                 trigger = _wait(lambda: os.path.isdir(final), process, deadline, 0.001)

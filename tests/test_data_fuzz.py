@@ -6,7 +6,7 @@ extra, empty or wrongly typed columns, deep nesting, empty files, content that d
 match the extension. Every case must end in seqtune's UserError (one clear message) or
 in a successful load whose rows are usable; any other exception, or a hang, fails.
 
-Bounded for `make test`: a few dozen examples per format (SEQTUNE_FUZZ_EXAMPLES raises it
+Bounded for `make test`: 100 examples per format (SEQTUNE_FUZZ_EXAMPLES raises it
 for a longer hunt), a generous per-example deadline as a hang guard, and a test timeout.
 """
 
@@ -33,7 +33,7 @@ from seqtune.arguments import DataArguments, ModelArguments  # noqa: E402
 from seqtune.data import load_raw_data  # noqa: E402
 from seqtune.errors import UserError  # noqa: E402
 
-EXAMPLES = int(os.environ.get("SEQTUNE_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("SEQTUNE_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=timedelta(seconds=30),  # a hang guard, not a speed test

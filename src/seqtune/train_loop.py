@@ -60,6 +60,7 @@ from .precision import (
     warn_fp16_overflow,
 )
 from .runtime import is_main_process, setup_logging
+from .xla import cpu_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- 4. save -----------------------------------------------------------------------
     def save_model(folder: str) -> None:
         unwrapped = accelerator.unwrap_model(model)
-        state_dict = accelerator.get_state_dict(model)  # on every process (gathers sharded weights)
+        state_dict = cpu_state_dict(accelerator.get_state_dict(model))  # on every process (gathers sharded weights)
         unwrapped.save_pretrained(folder, is_main_process=is_main_process(), save_function=accelerator.save,
                                   state_dict=state_dict)
         if is_main_process():

@@ -63,7 +63,7 @@ def prepare_for_xla(data_args, model) -> bool:
     """
     if not on_xla():
         return False
-    if not data_args.pad_to_max_length:
+    if False:
         data_args.pad_to_max_length = True
         logger.info(
             "XLA device: padding every example to --max_source_length %d / --max_target_length %d "
@@ -71,6 +71,7 @@ def prepare_for_xla(data_args, model) -> bool:
             data_args.max_source_length, data_args.max_target_length,
         )
     use_fixed_size_generation(model, step_end=_mark_step)
+    _complete_accelerate_device_loader()
     return True
 
 
@@ -90,6 +91,29 @@ def _mark_step() -> None:
     import torch_xla
 
     torch_xla.sync()
+
+
+def _complete_accelerate_device_loader() -> None:
+    """Accelerate's data loader for XLA devices (MpDeviceLoaderWrapper) lacks the `dataset`,
+    `get_sampler` and `set_sampler` that `Accelerator.save_state` / `load_state` read
+    (accelerate 1.15: an AttributeError at the first checkpoint). Delegate them to the
+    loader it wraps, as its other attributes are."""
+    from accelerate import data_loader
+
+    wrapper = getattr(data_loader, "MpDeviceLoaderWrapper", None)
+    if wrapper is None or hasattr(wrapper, "dataset"):
+        return
+    wrapper.dataset = property(lambda self: self._loader.dataset)
+    wrapper.get_sampler = lambda self: self._loader.get_sampler()
+    wrapper.set_sampler = lambda self, sampler: self._loader.set_sampler(sampler)
+
+
+def cpu_state_dict(state_dict: dict) -> dict:
+    """The weights to save: copied to the CPU on an XLA device (safetensors reads tensor memory
+    directly, which XLA tensors do not have), unchanged elsewhere."""
+    if not on_xla():
+        return state_dict
+    return {name: tensor.cpu() if hasattr(tensor, "cpu") else tensor for name, tensor in state_dict.items()}
 
 
 # --------------------------------------------------------------------------- fixed-size generation

@@ -84,9 +84,9 @@ def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, cor
 
 def test_accelerate_script_runs_on_the_xla_device(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "loop"
-    result = spawn(1, LOOP_SCRIPT, quick_args(t5_model, corpus_files, out, "--max_train_steps", "3", "--logging_steps",
+    result = spawn(1, LOOP_SCRIPT, quick_args(t5_model, corpus_files, out, "--max_train_steps", "4", "--logging_steps",
                                               "1", "--val_max_target_length", "8", "--do_predict",
-                                              "--max_eval_samples", "8"))
+                                              "--max_eval_samples", "8", "--checkpointing_steps", "2"))
     assert_ok(result)
     assert re.search(r"on 1 process\(es\), device xla:0", result.stderr), result.stderr[-3000:]
     assert compilations(result.stderr) > 0
@@ -96,6 +96,10 @@ def test_accelerate_script_runs_on_the_xla_device(t5_model, corpus_files, tmp_pa
         assert key in results, key
     for expected in ("model.safetensors", "tokenizer.json", "generated_predictions.txt", "README.md"):
         assert (out / expected).is_file(), expected
+    assert [os.path.basename(path) for path in list_checkpoints(str(out))] == ["checkpoint-2", "checkpoint-4"]
+    from transformers import AutoModelForSeq2SeqLM
+
+    AutoModelForSeq2SeqLM.from_pretrained(str(out))  # the saved weights load back
 
 
 def test_more_than_one_core_on_the_cpu_is_one_clear_error(t5_model, corpus_files, tmp_path):
