@@ -80,6 +80,7 @@ def build_command(script: str, model: str, files: dict, output_dir: str, max_ste
         specific = [  # this loop evaluates after every epoch, so it needs a validation file
             "--validation_file", files["validation"],
             "--per_device_eval_batch_size", "16",
+            "--max_eval_samples", "4",
             "--max_train_steps", str(max_steps),
             "--checkpointing_steps", str(save_steps),
             "--save_total_limit", str(save_total_limit),

@@ -524,3 +524,49 @@ def build_collator(tokenizer, model, data_args: DataArguments, pad_to_multiple_o
 
 def wanted_splits(do_train: bool, do_eval: bool, do_predict: bool) -> list[str]:
     return [split for split, flag in (("train", do_train), ("validation", do_eval), ("test", do_predict)) if flag]
+
+
+# --------------------------------------------------------------------------- batching order
+
+
+def torch_sampler_base():
+    from torch.utils.data import Sampler
+
+    return Sampler
+
+
+def token_lengths(dataset, column: str = "input_ids") -> list[int]:
+    """Each example's number of tokens, read from the Arrow column (no rows are decoded)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
+
+
+class LengthGroupedSampler(torch_sampler_base()):
+    """Training order that puts examples of similar length in the same batch (less padding).
+
+    The order is transformers' length grouping (random mega-batches, sorted inside), drawn
+    from a generator seeded with seed + epoch only: both loops get the same order for the
+    same seed, a resumed run gets the order of the epoch it resumes in, and `group_size`
+    (the global batch: per-device x processes x accumulation) keeps a distributed step's
+    examples the same as one process's.
+    """
+
+    def __init__(self, lengths: list[int], group_size: int, seed: int):
+        self.lengths = lengths
+        self.group_size = group_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Accelerate's data loader each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=generator))

@@ -1,18 +1,20 @@
 """PyTorch/XLA (TPUs): the one module of seqtune that knows about XLA.
 
-Both recipes call it; nothing else in seqtune imports torch_xla.
+Both recipes reach it through the shared steps (`pipeline.set_up_run` / `finish`), plus one
+call each for what only they have; nothing else in seqtune imports torch_xla.
 
 - `on_xla()`: whether this process trains on an XLA device. transformers and Accelerate
   use one as soon as torch_xla is importable (unless USE_TORCH_XLA=0), with or without
   `xla_spawn.py`; seqtune follows the same rule.
-- `prepare_for_xla(data_args, training_args)`: the settings that work there, applied
-  before the data is tokenized. XLA compiles one graph per distinct tensor shape, so
-  shapes are made static (every example padded to --max_source_length /
-  --max_target_length; generation always runs to its full length), and the Trainer's
-  default fused AdamW, which refuses XLA tensors, becomes the plain one.
+- `prepare_for_xla(data_args, model)`: static shapes, before the data is tokenized. XLA
+  compiles one graph per distinct tensor shape, so every example is padded to
+  --max_source_length / --max_target_length and `model.generate` becomes a fixed-size
+  greedy decoder (`fixed_size_generate`: the same ids, every step the same shapes).
+- `prepare_trainer_arguments(training_args)`: the Trainer's default fused AdamW refuses
+  XLA tensors; the plain one runs there. `cpu_state_dict`: weights to save, on the CPU.
 - `compilation_count()` / `log_compilations()`: how many XLA graphs were compiled, logged
-  at the end of a run (torch_xla.debug.metrics). On a TPU this stays small and bounded
-  when shapes are static; a count that grows with the number of steps means recompiling.
+  at the end of a run (torch_xla.debug.metrics). With static shapes it stays small and
+  does not grow with the number of steps; a count that does means recompiling.
 - `spawn(num_cores, script, script_args)`: the core of `examples/pytorch/xla_spawn.py`:
   import the script as a module, hand it its arguments and run its `_mp_fn(index)` on
   every replica through `xmp.spawn`.
@@ -63,7 +65,7 @@ def prepare_for_xla(data_args, model) -> bool:
     """
     if not on_xla():
         return False
-    if False:
+    if not data_args.pad_to_max_length:
         data_args.pad_to_max_length = True
         logger.info(
             "XLA device: padding every example to --max_source_length %d / --max_target_length %d "

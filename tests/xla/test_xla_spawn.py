@@ -47,14 +47,16 @@ def assert_ok(result):
 def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "xla"
     flags = ["--do_train", "--do_eval", "--predict_with_generate", "--max_steps", "4", "--save_steps", "2",
-             "--logging_steps", "1", "--max_eval_samples", "8"]
+             "--logging_steps", "1", "--max_eval_samples", "8", "--val_max_target_length", "64"]
     result = spawn(1, TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, *flags, "--do_predict"))
     assert_ok(result)
     log = result.stderr
     # The XLA settings: the plain AdamW (the fused one fails on XLA) and static shapes.
     assert "XLA device: --optim adamw_torch" in log
     assert "XLA device: padding every example to --max_source_length 96 / --max_target_length 24" in log
-    assert compilations(log) > 0  # graphs were compiled: the model ran on the XLA device
+    # Graphs were compiled (the model ran on the XLA device), and few: transformers' generate() alone
+    # would compile at each of the 63 decoding steps of every batch shape (3 here: eval 8, test 8 + 4).
+    assert 0 < compilations(log) <= 30
     # The usual outputs, checkpoints included (written through the staging folder).
     names = set(os.listdir(out))
     for expected in ("config.json", "model.safetensors", "tokenizer.json", "train_results.json", "eval_results.json",

@@ -1,0 +1,58 @@
+"""Evaluation and prediction with generation, the fast way, for both loops.
+
+- One encoder pass per batch serves both the teacher-forced loss and `generate` (the
+  Hugging Face scripts run the encoder twice: once in `generate`, once for the loss).
+- Examples are generated in windows of input order, each window sorted by length, so that
+  batches hold inputs of similar length (little padding) while predictions can still be
+  written as they come, in input order: memory stays flat in the number of examples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .losses import example_loss_sums
+
+# Examples per window: sorting needs a window, streaming needs it bounded. Large enough that
+# batches inside it are well sorted, small enough that its predictions are a few MB.
+PREDICTION_WINDOW = 2048
+
+
+@torch.no_grad()
+def generate_with_loss(model, batch: dict, generation: dict, with_loss: bool = True):
+    """Generated ids and, when the batch has labels, per-example (summed loss, tokens) rows.
+
+    `model` is the unwrapped model (it must have `get_encoder` and `generate`).
+    """
+    attention_mask = batch.get("attention_mask")
+    encoder_outputs = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=attention_mask, return_dict=True)
+    sums = None
+    labels = batch.get("labels")
+    if with_loss and labels is not None:
+        # Before generate: beam search expands encoder_outputs in place.
+        logits = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=attention_mask,
+            labels=labels,
+            decoder_input_ids=batch.get("decoder_input_ids"),
+        ).logits
+        sums = example_loss_sums(logits, labels)
+    generation = {key: value for key, value in generation.items() if value is not None}
+    generated = model.generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **generation)
+    return generated, sums
+
+
+def length_sorted_windows(lengths: list[int], window: int = PREDICTION_WINDOW):
+    """Yield the indices of each window of consecutive examples, longest first within the window.
+
+    The longest batch comes first, so a batch too large for memory fails at once, not at the end.
+    """
+    for start in range(0, len(lengths), window):
+        indices = range(start, min(start + window, len(lengths)))
+        yield sorted(indices, key=lambda index: -lengths[index])
+
+
+def restore_order(sorted_indices: list[int], rows: list) -> list:
+    """Rows produced in `sorted_indices` order, put back in input order (ascending index)."""
+    by_index = dict(zip(sorted_indices, rows))
+    return [by_index[index] for index in sorted(sorted_indices)]
