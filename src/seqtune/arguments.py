@@ -182,6 +182,14 @@ class TrainerArguments(Seq2SeqTrainingArguments):
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": f"Same as --eval_strategy {LEGACY_FLAG_HELP}."}
     )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: 'group_by_length' (default in seqtune: random groups of similar length, "
+            "less padding, faster), 'random', 'sequential' or 'batch_rebalance'.",
+            "choices": ["group_by_length", "random", "sequential", "batch_rebalance"],
+        },
+    )
     group_by_length: bool = field(
         default=False,
         metadata={"help": f"Same as --train_sampling_strategy group_by_length {LEGACY_FLAG_HELP}."},

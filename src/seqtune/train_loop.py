@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoints
 from .arguments import DataArguments, ModelArguments, parse_arguments
-from .data import build_collator
+from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import UserError, exit_on_user_error
 from .hub import HubPusher
 from .losses import example_loss_sums, mean_token_loss
@@ -116,6 +116,14 @@ class LoopArguments:
         default=False,
         metadata={"help": "Mixed precision with bfloat16 (CPUs, Ampere or newer GPUs). Without --fp16/--bf16, "
                   "`accelerate launch --mixed_precision` decides."},
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: 'group_by_length' (default: random groups of similar length, less padding, "
+            "faster; the same order as the Trainer script's) or 'random'.",
+            "choices": ["group_by_length", "random"],
+        },
     )
     seed: int = field(
         default=42,
@@ -353,9 +361,14 @@ def main(argv: list[str] | None = None) -> dict:
     collator = build_collator(tokenizer, model, data_args, 8 if accelerator.mixed_precision != "no" else None)
     # Every loader has its own generator: the global RNG is left to dropout, so a resumed run
     # draws the same random numbers as an uninterrupted one.
+    if args.train_sampling_strategy == "group_by_length":
+        group = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        order = {"sampler": LengthGroupedSampler(token_lengths(splits["train"]), group, args.seed)}
+    else:
+        order = {"shuffle": True}
     train_dataloader = DataLoader(
-        splits["train"], shuffle=True, collate_fn=collator, batch_size=args.per_device_train_batch_size,
-        generator=torch.Generator().manual_seed(args.seed),
+        splits["train"], collate_fn=collator, batch_size=args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed), **order,
     )
     eval_dataloader = DataLoader(
         splits["validation"], collate_fn=collator, batch_size=args.per_device_eval_batch_size, generator=torch.Generator()

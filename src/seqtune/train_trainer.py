@@ -15,7 +15,7 @@ from transformers import Seq2SeqTrainer
 
 from . import checkpoints, progress
 from .arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
-from .data import build_collator
+from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import exit_on_user_error
 from .losses import example_loss_sums, mean_token_loss, token_summed_loss
 from .hub import HubPusher
@@ -111,6 +111,14 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         if self._writing_checkpoint:
             return checkpoints.staging_root(self.args.output_dir)
         return super()._get_output_dir(trial)
+
+    # --- training order: length-grouped, seeded by (seed, epoch) only, as in the Accelerate loop ---
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "with_format"):
+            return super()._get_train_sampler(train_dataset)
+        group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
         epochs_trained, steps_in_epoch = super()._init_training_state(
