@@ -9,9 +9,12 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from .losses import example_loss_sums
+from .losses import example_loss_sums, mean_token_loss
+from .metrics import SummaryScorer
 
 # Examples per window: sorting needs a window, streaming needs it bounded. Large enough that
 # batches inside it are well sorted, small enough that its predictions are a few MB.
@@ -42,11 +45,20 @@ def generate_with_loss(model, batch: dict, generation: dict, with_loss: bool = T
     return generated, sums
 
 
-def length_sorted_windows(lengths: list[int], window: int = PREDICTION_WINDOW):
+def length_sorted(dataset):
+    """The data set longest example first (for evaluation, where order does not matter)."""
+    from .data import token_lengths
+
+    lengths = token_lengths(dataset)
+    return dataset.select(sorted(range(len(lengths)), key=lambda index: -lengths[index]))
+
+
+def length_sorted_windows(lengths: list[int], window: int | None = None):
     """Yield the indices of each window of consecutive examples, longest first within the window.
 
     The longest batch comes first, so a batch too large for memory fails at once, not at the end.
     """
+    window = window or PREDICTION_WINDOW
     for start in range(0, len(lengths), window):
         indices = range(start, min(start + window, len(lengths)))
         yield sorted(indices, key=lambda index: -lengths[index])
@@ -56,3 +68,19 @@ def restore_order(sorted_indices: list[int], rows: list) -> list:
     """Rows produced in `sorted_indices` order, put back in input order (ascending index)."""
     by_index = dict(zip(sorted_indices, rows))
     return [by_index[index] for index in sorted(sorted_indices)]
+
+
+class GenerationTotals:
+    """ROUGE, generation length and per-example losses accumulated over batches (flat memory)."""
+
+    def __init__(self):
+        self.scorer, self.losses, self.batches, self.started = SummaryScorer(), [], 0, time.time()
+
+    def metrics(self, prefix: str) -> dict:
+        metrics = self.scorer.result()
+        metrics["loss"] = round(mean_token_loss(self.losses), 4)
+        runtime = time.time() - self.started
+        count = self.scorer.count
+        metrics.update(runtime=round(runtime, 4), samples_per_second=round(count / max(runtime, 1e-9), 3),
+                       steps_per_second=round(self.batches / max(runtime, 1e-9), 3), samples=count)
+        return {f"{prefix}_{key}": value for key, value in metrics.items()}

@@ -43,19 +43,40 @@ def _get_scorer():
     return _scorer
 
 
+class SummaryScorer:
+    """ROUGE and generation length accumulated batch by batch (memory flat in the number of examples)."""
+
+    def __init__(self):
+        self.totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+        self.count = 0
+        self.generated_tokens = 0.0
+
+    def add(self, predictions: list[str], references: list[str], generated_ids=None, pad_token_id: int | None = None):
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        scorer = _get_scorer()
+        for prediction, reference in zip(predictions, references):
+            scores = scorer.score(_for_rouge_lsum(reference), _for_rouge_lsum(prediction))
+            for name in ROUGE_TYPES:
+                self.totals[name] += scores[name].fmeasure
+        self.count += len(predictions)
+        if generated_ids is not None and len(predictions):
+            self.generated_tokens += generation_length(generated_ids, pad_token_id) * len(predictions)
+
+    def rouge(self) -> dict[str, float]:
+        """Mean ROUGE F-measures x100, 4 decimals."""
+        return {name: round(100 * total / max(self.count, 1), 4) for name, total in self.totals.items()}
+
+    def result(self) -> dict[str, float]:
+        """ROUGE and the mean generation length (`gen_len`)."""
+        return {**self.rouge(), "gen_len": round(self.generated_tokens / max(self.count, 1), 4)}
+
+
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE F-measures (x100, 4 decimals) of predictions against references."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if not predictions:
-        return {name: 0.0 for name in ROUGE_TYPES}
-    scorer = _get_scorer()
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for prediction, reference in zip(predictions, references):
-        scores = scorer.score(_for_rouge_lsum(reference), _for_rouge_lsum(prediction))
-        for name in ROUGE_TYPES:
-            totals[name] += scores[name].fmeasure
-    return {name: round(100 * total / len(predictions), 4) for name, total in totals.items()}
+    scorer = SummaryScorer()
+    scorer.add(predictions, references)
+    return scorer.rouge()
 
 
 def decode_token_ids(token_ids, tokenizer) -> list[str]:
@@ -90,8 +111,7 @@ def concatenate_padded(batches, pad_value: int = -100) -> np.ndarray:
 
 def summary_metrics(generated_ids, label_ids, tokenizer) -> dict[str, float]:
     """ROUGE and mean generation length of generated ids against label ids."""
-    predictions = decode_token_ids(generated_ids, tokenizer)
-    references = decode_token_ids(label_ids, tokenizer)
-    metrics = rouge(predictions, references)
-    metrics["gen_len"] = round(generation_length(generated_ids, tokenizer.pad_token_id), 4)
-    return metrics
+    scorer = SummaryScorer()
+    scorer.add(decode_token_ids(generated_ids, tokenizer), decode_token_ids(label_ids, tokenizer), generated_ids,
+               tokenizer.pad_token_id)
+    return scorer.result()

@@ -46,10 +46,10 @@ from .arguments import DataArguments, ModelArguments, parse_arguments
 from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import UserError, exit_on_user_error
 from .hub import HubPusher
-from .losses import example_loss_sums, mean_token_loss
-from .metrics import concatenate_padded, summary_metrics
-from .outputs import arguments_as_dict, save_final_model
-from .pipeline import finish, generation_settings, record_results, save_predictions, set_up_run
+from .generation import GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order
+from .metrics import decode_token_ids
+from .outputs import PREDICTIONS_FILE, arguments_as_dict, save_final_model, write_predictions
+from .pipeline import finish, generation_settings, record_results, set_up_run
 from .progress import Progress
 from .report import RunLog
 from .precision import (
@@ -280,45 +280,59 @@ def save_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: i
     accelerator.wait_for_everyone()
 
 
-def generate_and_score(accelerator, model, dataloader, tokenizer, generation: dict, prefix: str):
-    """Loss and generation over a prepared data loader, gathered so that every example counts once.
+def generate_batches(accelerator, model, dataloader, tokenizer, generation: dict, totals: GenerationTotals, bar) -> list[str]:
+    """Loss and generation over a prepared data loader, gathered so that every example counts once;
+    returns the decoded predictions in the loader's order.
 
-    Returns ({prefix}_loss, _rouge*, _gen_len, _runtime, _samples_per_second, _steps_per_second,
-    _samples) and the generated ids of the whole split, in data set order.
+    One encoder pass per batch serves the loss and `generate`; each batch is decoded and scored
+    as it comes, so memory stays flat in the number of examples.
     """
-    started = time.time()
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
-    losses, generated_batches, label_batches = [], [], []
-    batches = 0
-    bar = Progress(len(dataloader), "Evaluating" if prefix == "eval" else "Predicting", unit="batch",
-                   leave=prefix != "eval")
+    predictions: list[str] = []
     for batch in dataloader:
-        with torch.no_grad():
-            # Per example (summed token loss, token count): each example's loss counts once.
-            loss = example_loss_sums(model(**batch).logits, batch["labels"])
-            generated = unwrapped.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generation)
+        generated, loss = generate_with_loss(unwrapped, batch, generation)
         # Batches differ in width across processes: pad before gathering. gather_for_metrics drops
         # the examples the sampler repeated to give every process a full last batch.
         generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
         labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=-100)
         generated, labels, loss = accelerator.gather_for_metrics((generated, labels, loss))
-        generated_batches.append(generated.cpu().numpy())
-        label_batches.append(labels.cpu().numpy())
-        losses.append(loss.cpu())
-        batches += 1
+        generated = generated.cpu().numpy()
+        decoded = decode_token_ids(generated, tokenizer)
+        totals.scorer.add(decoded, decode_token_ids(labels.cpu().numpy(), tokenizer), generated, tokenizer.pad_token_id)
+        totals.losses.append(loss.cpu())
+        totals.batches += 1
+        predictions.extend(decoded)
         bar.update(1)
+    if len(predictions) != len(dataloader.dataset):
+        raise RuntimeError(f"generation covered {len(predictions)} examples of {len(dataloader.dataset)}")
+    return predictions
+
+
+def evaluate(accelerator, model, dataloader, tokenizer, generation: dict) -> dict:
+    """eval_loss, eval_rouge*, eval_gen_len, runtimes and eval_samples over the (length-sorted) eval loader."""
+    totals = GenerationTotals()
+    bar = Progress(len(dataloader), "Evaluating", unit="batch", leave=False)
+    generate_batches(accelerator, model, dataloader, tokenizer, generation, totals, bar)
     bar.close()
-    generated_ids = concatenate_padded(generated_batches)
-    count = len(generated_ids)
-    if count != len(dataloader.dataset):
-        raise RuntimeError(f"evaluation scored {count} examples of {len(dataloader.dataset)}")
-    metrics = summary_metrics(generated_ids, concatenate_padded(label_batches), tokenizer)
-    metrics["loss"] = round(mean_token_loss(losses), 4)
-    runtime = time.time() - started
-    metrics.update(runtime=round(runtime, 4), samples_per_second=round(count / max(runtime, 1e-9), 3),
-                   steps_per_second=round(batches / max(runtime, 1e-9), 3), samples=count)
-    return {f"{prefix}_{key}": value for key, value in metrics.items()}, generated_ids
+    return totals.metrics("eval")
+
+
+def predict_to_file(accelerator, model, dataset, collator, batch_size: int, tokenizer, generation: dict, output_dir: str) -> dict:
+    """Predict in windows of input order (sorted by length inside), streaming generated_predictions.txt."""
+    totals = GenerationTotals()
+    bar = Progress(math.ceil(len(dataset) / (batch_size * accelerator.num_processes)), "Predicting", unit="batch")
+
+    def predictions():
+        for window in length_sorted_windows(token_lengths(dataset)):
+            loader = accelerator.prepare(DataLoader(dataset.select(window), collate_fn=collator, batch_size=batch_size,
+                                                    generator=torch.Generator()))
+            yield from restore_order(window, generate_batches(accelerator, model, loader, tokenizer, generation, totals, bar))
+
+    count = write_predictions(output_dir, predictions())  # every process generates; the main one writes
+    bar.close()
+    logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
+    return totals.metrics("predict")
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -370,8 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
         splits["train"], collate_fn=collator, batch_size=args.per_device_train_batch_size,
         generator=torch.Generator().manual_seed(args.seed), **order,
     )
-    eval_dataloader = DataLoader(
-        splits["validation"], collate_fn=collator, batch_size=args.per_device_eval_batch_size, generator=torch.Generator()
+    eval_dataloader = DataLoader(  # longest first, similar lengths together: less padding
+        length_sorted(splits["validation"]), collate_fn=collator, batch_size=args.per_device_eval_batch_size, generator=torch.Generator()
     )
     optimizer = _optimizer(model, args, accelerator.device)
     model, optimizer, train_dataloader, eval_dataloader = accelerator.prepare(model, optimizer, train_dataloader, eval_dataloader)
@@ -467,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress.epoch, progress.batches_seen = epoch + 1, 0
 
         # ---- 3. evaluate ----------------------------------------------------------------
-        eval_metrics, _ = generate_and_score(accelerator, model, eval_dataloader, tokenizer, generation, "eval")
+        eval_metrics = evaluate(accelerator, model, eval_dataloader, tokenizer, generation)
         eval_metrics["epoch"] = round(progress.completed_steps / steps_per_epoch, 4)
         logger.info("epoch %d: %s", epoch, "  ".join(f"{k}={v}" for k, v in eval_metrics.items() if "rouge" in k))
         accelerator.log(eval_metrics, step=progress.completed_steps)
@@ -477,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict:
     training_bar.close()
     runtime = time.time() - started
     if not eval_metrics:  # resumed from a checkpoint taken after the last step: evaluate once
-        eval_metrics, _ = generate_and_score(accelerator, model, eval_dataloader, tokenizer, generation, "eval")
+        eval_metrics = evaluate(accelerator, model, eval_dataloader, tokenizer, generation)
         eval_metrics["epoch"] = round(progress.completed_steps / steps_per_epoch, 4)
 
     # ---- 4. save -----------------------------------------------------------------------
@@ -506,13 +520,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.do_predict:
         logger.info("*** Predict ***")
-        test_dataloader = accelerator.prepare(DataLoader(
-            splits["test"], collate_fn=collator, batch_size=args.per_device_eval_batch_size, generator=torch.Generator()
-        ))
-        metrics, generated_ids = generate_and_score(accelerator, model, test_dataloader, tokenizer, generation, "predict")
+        metrics = predict_to_file(accelerator, model, splits["test"], collator, args.per_device_eval_batch_size,
+                                  tokenizer, generation, args.output_dir)
         run_log.append({**metrics, "event": "predict", "step": progress.completed_steps})
         record_results(args.output_dir, "predict", metrics, results)
-        save_predictions(args.output_dir, generated_ids, tokenizer)
 
     if trackers:
         accelerator.end_training()

@@ -11,6 +11,7 @@ import os
 import sys
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
 from . import checkpoints, progress
@@ -19,9 +20,10 @@ from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import exit_on_user_error
 from .losses import example_loss_sums, mean_token_loss, token_summed_loss
 from .hub import HubPusher
-from .metrics import summary_metrics
-from .outputs import log_metrics, save_final_model, write_results
-from .pipeline import finish, generation_settings, record_results, save_predictions, set_up_run
+from .generation import GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order
+from .metrics import decode_token_ids, summary_metrics
+from .outputs import PREDICTIONS_FILE, log_metrics, save_final_model, write_predictions, write_results
+from .pipeline import finish, generation_settings, record_results, set_up_run
 from .precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from .report import RunLogCallback
 from .runtime import setup_logging
@@ -66,11 +68,24 @@ class SeqtuneTrainer(Seq2SeqTrainer):
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
             if self._example_losses:
                 output.metrics[f"{metric_key_prefix}_loss"] = mean_token_loss(self._example_losses)
+            self.last_example_losses = self._example_losses
         finally:
             self._example_losses = None
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self.args.predict_with_generate and not prediction_loss_only and self._generates_alone():
+            # One encoder pass for both the loss and generate (see seqtune.generation).
+            inputs = self._prepare_inputs(inputs)
+            generation = dict(gen_kwargs or getattr(self, "_gen_kwargs", {}))
+            with torch.no_grad(), self.compute_loss_context_manager():
+                generated, sums = generate_with_loss(self.model, inputs, generation)
+            loss = None
+            if sums is not None:
+                if self._example_losses is not None:
+                    self._example_losses.append(self.gather_function(sums).cpu())
+                loss = (sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1)).detach()
+            return loss, generated, inputs.get("labels")
         result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         if self._example_losses is not None and inputs.get("labels") is not None:
             prepared = self._prepare_inputs(inputs)
@@ -78,6 +93,40 @@ class SeqtuneTrainer(Seq2SeqTrainer):
                 logits = model(**prepared)["logits"]
             self._example_losses.append(self.gather_function(example_loss_sums(logits, prepared["labels"])).cpu())
         return result
+
+    def _generates_alone(self) -> bool:
+        """Each process can generate on its own (sharded models must generate in step: use the Trainer's path)."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+        from transformers.integrations.fsdp import is_fsdp_managed_module
+
+        return not (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
+
+    # --- prediction: windows of input order, sorted by length inside, written as they come ----
+    last_example_losses: list | None = None
+
+    def predict_to_file(self, dataset, tokenizer, output_dir: str) -> dict:
+        """Generate for every example of `dataset`, stream generated_predictions.txt in input order,
+        and return the predict_* metrics; memory stays flat in the number of examples."""
+        totals = GenerationTotals()
+        compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
+        per_batch = self.args.per_device_eval_batch_size * self.args.world_size
+
+        def predictions():
+            for window in length_sorted_windows(token_lengths(dataset)):
+                output = self.predict(dataset.select(window), metric_key_prefix="predict")
+                generated = decode_token_ids(output.predictions, tokenizer)
+                totals.scorer.add(generated, decode_token_ids(output.label_ids, tokenizer), output.predictions,
+                                  tokenizer.pad_token_id)
+                totals.losses.extend(self.last_example_losses or [])
+                totals.batches += -(-len(window) // per_batch)
+                yield from restore_order(window, generated)
+
+        try:
+            count = write_predictions(output_dir, predictions())
+        finally:
+            self.compute_metrics = compute_metrics
+        logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
+        return totals.metrics("predict")
 
     # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -119,6 +168,14 @@ class SeqtuneTrainer(Seq2SeqTrainer):
             return super()._get_train_sampler(train_dataset)
         group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5 also length-groups evaluation under group_by_length, in a random order,
+        # which would shuffle the predictions. seqtune sorts evaluation data itself (see
+        # seqtune.generation) and needs the data set's own order here.
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
         epochs_trained, steps_in_epoch = super()._init_training_state(
@@ -197,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         model=model,
         args=training_args,
         train_dataset=tokenized.get("train"),
-        eval_dataset=tokenized.get("validation"),
+        # Evaluation longest first, similar lengths together: less padding (metrics do not depend on order).
+        eval_dataset=length_sorted(tokenized["validation"]) if "validation" in tokenized else None,
         processing_class=tokenizer,
         data_collator=build_collator(tokenizer, model, data_args, pad_multiple),
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
@@ -229,11 +287,12 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_predict:
         logger.info("*** Predict ***")
         trainer_progress.label = "Predicting"
-        prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
-        record_results(training_args.output_dir, "predict", dict(prediction.metrics, predict_samples=len(tokenized["test"])),
-                       results)
         if training_args.predict_with_generate:
-            save_predictions(training_args.output_dir, prediction.predictions, tokenizer)
+            metrics = trainer.predict_to_file(tokenized["test"], tokenizer, training_args.output_dir)
+        else:
+            prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
+            metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
+        record_results(training_args.output_dir, "predict", metrics, results)
 
     finish(
         model_args,

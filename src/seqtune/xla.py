@@ -156,7 +156,8 @@ def unsupported_generation_options(generation_config, overrides: dict) -> list[s
     return found
 
 
-def fixed_size_generate(model, input_ids, attention_mask=None, *, max_length: int, step_end=None):
+def fixed_size_generate(model, input_ids=None, attention_mask=None, *, max_length: int, encoder_outputs=None,
+                        step_end=None):
     """Greedy decoding of an encoder-decoder model with the same tensor shapes at every step.
 
     transformers' generate() grows the output by one token per step (and stops early when
@@ -166,7 +167,8 @@ def fixed_size_generate(model, input_ids, attention_mask=None, *, max_length: in
     logits at the current position through a tensor index and writes the next token with
     `torch.where`; sequences that ended are filled with the pad token, and every batch runs
     all max_length - 1 steps. The steps between the first and the last are one graph.
-    Returns the same ids as greedy generate(), padded to max_length.
+    Returns the same ids as greedy generate(), padded to max_length. Like generate(), it takes
+    the encoder's outputs instead of `input_ids` when the caller has already run the encoder.
     """
     import torch
 
@@ -177,10 +179,11 @@ def fixed_size_generate(model, input_ids, attention_mask=None, *, max_length: in
     pad = config.pad_token_id if config.pad_token_id is not None else model.config.pad_token_id
     eos = config.eos_token_id
     eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    device = input_ids.device
-    batch = input_ids.shape[0]
     with torch.no_grad():
-        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if encoder_outputs is None:
+            encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        encoded = encoder_outputs[0]  # [batch, source length, hidden]
+        device, batch = encoded.device, encoded.shape[0]
         tokens = torch.full((batch, max_length), pad, dtype=torch.long, device=device)
         tokens[:, 0] = start
         done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -217,22 +220,23 @@ def use_fixed_size_generation(model, step_end=None) -> None:
         return
     warned = []
 
-    def generate(input_ids=None, attention_mask=None, **kwargs):
+    def generate(input_ids=None, attention_mask=None, encoder_outputs=None, **kwargs):
         options = {k: v for k, v in kwargs.items() if k not in ("synced_gpus", "labels", "decoder_input_ids", "decoder_attention_mask")}
         unsupported = unsupported_generation_options(model.generation_config, options)
         unsupported += [f"{name}=..." for name in options if name not in ("max_length", "max_new_tokens", *_NEUTRAL_OPTIONS)]
-        if unsupported or input_ids is None:
+        if unsupported or (input_ids is None and encoder_outputs is None):
             if not warned:
                 warned.append(True)
                 logger.warning("Generation with %s: using transformers' generate(), whose shapes change at every "
                                "decoding step (one XLA compilation per step). Fix: --num_beams 1 and greedy "
                                "settings for static shapes.", ", ".join(unsupported) or "no input_ids")
-            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return original(input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs, **kwargs)
         if options.get("max_new_tokens") is not None:
             max_length = options["max_new_tokens"] + 1
         else:
             max_length = options.get("max_length") or model.generation_config.max_length or 20
-        return fixed_size_generate(model, input_ids, attention_mask, max_length=max_length, step_end=step_end)
+        return fixed_size_generate(model, input_ids, attention_mask, max_length=max_length,
+                                   encoder_outputs=encoder_outputs, step_end=step_end)
 
     model.generate = generate
 

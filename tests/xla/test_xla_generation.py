@@ -96,6 +96,12 @@ def test_generate_is_replaced_for_greedy_search_and_kept_for_beam_search(t5_mode
     assert torch.equal(out, padded(greedy, 10, model.generation_config.pad_token_id))
     # max_new_tokens counts the generated tokens (the decoder start token comes on top).
     assert model.generate(**batch, max_new_tokens=4).shape[1] == 5
+    # A caller that has run the encoder already (seqtune.generation) passes its outputs instead.
+    calls.clear()
+    encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+    out = model.generate(encoder_outputs=encoded, attention_mask=batch["attention_mask"], max_length=10)
+    assert len(calls) == 9
+    assert torch.equal(out, padded(greedy, 10, model.generation_config.pad_token_id))
     # Beam search is not fixed-size: transformers' own generate() runs it, with the same result.
     calls.clear()
     assert torch.equal(model.generate(**batch, max_length=10, num_beams=3), beams)
