@@ -35,17 +35,24 @@ def is_prefix_model(config, name: str | None) -> bool:
     return getattr(config, "model_type", None) in PREFIX_MODEL_TYPES or (name is not None and "t5" in name.lower())
 
 
+def _hub_options(model_args: ModelArguments) -> dict:
+    """Where and how config, tokenizer and weights are fetched (the same for all three)."""
+    return {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+
+
 def load_tokenizer(name: str, model_args: ModelArguments):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(
             name,
-            cache_dir=model_args.cache_dir,
             use_fast=model_args.use_fast_tokenizer,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
+            **_hub_options(model_args),
         )
     except (OSError, ValueError) as error:
         raise _explain_load_error("tokenizer", name, error) from None
@@ -83,10 +90,7 @@ def load_seq2seq(model_args: ModelArguments):
     try:
         config = AutoConfig.from_pretrained(
             config_name,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
+            **_hub_options(model_args),
         )
     except (OSError, ValueError) as error:
         raise _explain_load_error("model config", config_name, error) from None
@@ -101,10 +105,7 @@ def load_seq2seq(model_args: ModelArguments):
         model = AutoModelForSeq2SeqLM.from_pretrained(
             name,
             config=config,
-            cache_dir=model_args.cache_dir,
-            revision=model_args.model_revision,
-            token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
+            **_hub_options(model_args),
         )
     except (OSError, ValueError) as error:
         raise _explain_load_error("model", name, error) from None

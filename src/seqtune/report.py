@@ -135,7 +135,7 @@ def read_log(output_dir: str) -> list[dict]:
 
 
 class RunLogCallback(TrainerCallback):
-    """Writes the Trainer's log events (and prediction metrics) to the run log."""
+    """Writes the Trainer's log events to the run log."""
 
     def __init__(self, output_dir: str):
         self.log = RunLog(output_dir)
@@ -148,9 +148,8 @@ class RunLogCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             self.log.append({**logs, "step": state.global_step, "epoch": state.epoch})
 
-    def on_predict(self, args, state, control, metrics=None, **kwargs):
-        if state.is_world_process_zero and metrics:
-            self.log.append({**metrics, "event": "predict", "step": state.global_step, "epoch": state.epoch})
+    # Prediction metrics are logged by the recipe: seqtune predicts in windows, and only the
+    # totals over all of them belong in the log.
 
 
 def save_report_examples(output_dir: str, dataset, text_column: str, summary_column: str,

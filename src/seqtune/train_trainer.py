@@ -25,7 +25,7 @@ from .metrics import decode_token_ids, summary_metrics
 from .outputs import PREDICTIONS_FILE, log_metrics, save_final_model, write_predictions, write_results
 from .pipeline import finish, generation_settings, record_results, set_up_run
 from .precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
-from .report import RunLogCallback
+from .report import RunLog, RunLogCallback
 from .runtime import setup_logging
 from .xla import prepare_trainer_arguments
 
@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
             prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
             metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
         record_results(training_args.output_dir, "predict", metrics, results)
+        RunLog(training_args.output_dir).append({**metrics, "event": "predict", "step": trainer.state.global_step,
+                                                 "epoch": trainer.state.epoch})
 
     finish(
         model_args,
