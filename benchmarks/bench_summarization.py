@@ -173,7 +173,7 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
 
 
 def worker_floor(config: dict, output_dir: str) -> dict:
-    """Bare PyTorch: forward, backward, AdamW step on padded batches of the same size."""
+    """Bare PyTorch: forward, backward, AdamW step on the batches seqtune trains on (no Trainer, no Accelerate)."""
     import datasets
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
@@ -189,9 +189,11 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     ]
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
-    generator = torch.Generator().manual_seed(config["seed"])
-    order = torch.randperm(len(features), generator=generator).tolist()
+    # The batches seqtune trains on: its length-grouped order for this seed (epoch 0).
+    from seqtune.data import LengthGroupedSampler
+
     batch_size = config["batch_size"]
+    order = list(LengthGroupedSampler([len(f["input_ids"]) for f in features], batch_size, config["seed"]))
     batches = [collator([features[i] for i in order[start : start + batch_size]])
                for start in range(0, batch_size * config["steps"], batch_size)][: config["steps"]]
     model.train()
@@ -345,7 +347,7 @@ def main() -> None:
             print_table(f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
                         f"batch {args.batch_size}", medians, systems)
             floor = median_of(runs["floor"], "step_ms")
-            print(f"floor (bare PyTorch fwd/bwd/AdamW, random batches): {floor:.1f} ms/step, "
+            print(f"floor (bare PyTorch fwd/bwd/AdamW on seqtune's batches): {floor:.1f} ms/step, "
                   f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s")
             if not args.skip_memory:
                 memory_check(config, scratch, systems)

@@ -485,11 +485,24 @@ def tokenize_split(
         return dataset.map(
             preprocess,
             batched=True,
-            num_proc=data_args.preprocessing_num_workers,
+            num_proc=tokenization_workers(data_args.preprocessing_num_workers, len(dataset)),
             remove_columns=dataset.column_names,
             load_from_cache_file=not data_args.overwrite_cache,
             desc=description,
         )
+
+
+# Below this many rows, starting worker processes costs more than it saves.
+PARALLEL_TOKENIZATION_ROWS = 50_000
+
+
+def tokenization_workers(requested: int | None, rows: int) -> int | None:
+    """--preprocessing_num_workers when given; else worker processes for large splits only."""
+    if requested is not None:
+        return requested if requested > 1 else None
+    if rows < PARALLEL_TOKENIZATION_ROWS:
+        return None
+    return min(os.cpu_count() or 1, 8) if (os.cpu_count() or 1) > 1 else None
 
 
 def tokenize_splits(raw: RawData, tokenizer, data_args: DataArguments, main_process_first=contextlib.nullcontext) -> DatasetDict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class RunSetup:
     tokenizer: Any
     model: Any
     tokenized: Any  # DatasetDict of the wanted splits, tokenized
+    tokenize_runtime: float = 0.0  # seconds spent tokenizing (or reading datasets' cache)
 
 
 def set_up_run(
@@ -77,8 +79,10 @@ def set_up_run(
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
     start_run(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
     save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
+    started = time.time()
     tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)
-    return RunSetup(resume_from=resume_from, raw=raw, tokenizer=tokenizer, model=model, tokenized=tokenized)
+    return RunSetup(resume_from=resume_from, raw=raw, tokenizer=tokenizer, model=model, tokenized=tokenized,
+                    tokenize_runtime=round(time.time() - started, 4))
 
 
 def generation_settings(data_args: DataArguments, max_length: int | None = None, num_beams: int | None = None) -> dict:

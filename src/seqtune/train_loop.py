@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch": round(progress.completed_steps / steps_per_epoch, 4),
         "total_flos": progress.total_flos,
         "train_samples": len(splits["train"]),
+        "tokenize_runtime": setup.tokenize_runtime,
     }
     run_log.append({**train_metrics, "step": progress.completed_steps})
     for split, metrics in (("train", train_metrics), ("eval", eval_metrics)):

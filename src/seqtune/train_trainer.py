@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         model_files = save_final_model(trainer.save_model, training_args.output_dir)
-        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]))
+        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]), tokenize_runtime=setup.tokenize_runtime)
         log_metrics("train", metrics)
         write_results(training_args.output_dir, "train", metrics)
         if trainer.is_world_process_zero():
