@@ -193,7 +193,11 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     from seqtune.data import LengthGroupedSampler
 
     batch_size = config["batch_size"]
-    order = list(LengthGroupedSampler([len(f["input_ids"]) for f in features], batch_size, config["seed"]))
+    sampler = LengthGroupedSampler([len(f["input_ids"]) for f in features], batch_size, config["seed"])
+    order: list[int] = []
+    while len(order) < batch_size * config["steps"]:  # as many epochs as the steps need
+        sampler.set_epoch(len(order) // len(features))
+        order += list(sampler)
     batches = [collator([features[i] for i in order[start : start + batch_size]])
                for start in range(0, batch_size * config["steps"], batch_size)][: config["steps"]]
     model.train()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 # No test may reach the hub; transformers and datasets fail fast instead of hanging.
@@ -134,5 +136,34 @@ def torchrun(nproc_per_node: int = 2, *rendezvous: str) -> list[str]:
     return command + ["--nproc_per_node", str(nproc_per_node), *rendezvous]
 
 
-__all__ = ["quick_args", "run_script", "synthetic_corpus", "write_jsonl", "TRAINER_SCRIPT", "LOOP_SCRIPT", "REPO",
+# ---- offline stand-ins for the hub: a data set folder and a model cache laid out like the hub's
+
+
+def write_hub_layout(root, name, rows_by_split, config="3.0.0"):
+    """A local data set folder laid out like the hub's: README with configs, parquet splits."""
+    folder = root / name
+    (folder / config).mkdir(parents=True)
+    for split, rows in rows_by_split.items():
+        pd.DataFrame(rows).to_parquet(folder / config / f"{split}-00000-of-00001.parquet")
+    files = "\n".join(f"  - split: {split}\n    path: {config}/{split}-*.parquet" for split in rows_by_split)
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}\n---\n# {name}\n")
+    return folder
+
+
+def cnn_rows(count, seed):
+    return [{"article": r["document"], "highlights": r["summary"], "id": str(i)}
+            for i, r in enumerate(synthetic_corpus(count, seed=seed))]
+
+
+def put_in_hf_cache(hf_home, repo_id, source_folder):
+    """Lay out a saved model as the hub cache does, so `--model_name_or_path repo_id` loads offline."""
+    revision = "0" * 40
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(source_folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+
+
+__all__ = ["cnn_rows", "put_in_hf_cache", "write_hub_layout", "quick_args", "run_script", "synthetic_corpus", "write_jsonl", "TRAINER_SCRIPT", "LOOP_SCRIPT", "REPO",
            "UNKNOWN_WORD", "free_port", "torchrun"]

@@ -246,7 +246,7 @@ def test_accelerate_launch_after_accelerate_config_default(t5_model, corpus_file
 def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):
     """SEED.md section 6, typed into a shell as written: google-t5/t5-small from the local HF cache,
     cnn_dailymail a local folder, ~ the test's home."""
-    from test_trainer_script import cnn_rows, put_in_hf_cache, write_hub_layout
+    from conftest import cnn_rows, put_in_hf_cache, write_hub_layout
 
     hf_home = tmp_path / "hf"
     put_in_hf_cache(hf_home, "google-t5/t5-small", t5_model)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
-import pandas as pd
 import pytest
 import yaml
-from conftest import TRAINER_SCRIPT, quick_args, run_script
+from conftest import TRAINER_SCRIPT, cnn_rows, put_in_hf_cache, quick_args, run_script, write_hub_layout
 
-from seqtune.demo import make_base_model, synthetic_corpus
+from seqtune.demo import make_base_model
 from seqtune.train_trainer import main
 
 ROUGE_KEYS = ["eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"]
@@ -176,32 +174,6 @@ def test_t5_without_source_prefix_warns(t5_model, corpus_files, tmp_path, isolat
     with caplog.at_level("WARNING"):
         assert isinstance(run_main(args), dict)
     assert '--source_prefix "summarize: "' in caplog.text
-
-
-def write_hub_layout(root, name, rows_by_split, config="3.0.0"):
-    """A local data set folder laid out like the hub's: README with configs, parquet splits."""
-    folder = root / name
-    (folder / config).mkdir(parents=True)
-    for split, rows in rows_by_split.items():
-        pd.DataFrame(rows).to_parquet(folder / config / f"{split}-00000-of-00001.parquet")
-    files = "\n".join(f"  - split: {split}\n    path: {config}/{split}-*.parquet" for split in rows_by_split)
-    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}\n---\n# {name}\n")
-    return folder
-
-
-def cnn_rows(count, seed):
-    return [{"article": r["document"], "highlights": r["summary"], "id": str(i)}
-            for i, r in enumerate(synthetic_corpus(count, seed=seed))]
-
-
-def put_in_hf_cache(hf_home, repo_id, source_folder):
-    """Lay out a saved model as the hub cache does, so `--model_name_or_path repo_id` loads offline."""
-    revision = "0" * 40
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / revision
-    shutil.copytree(source_folder, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
 
 
 def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):

@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup = set_up_run(
         model_args, data_args, training_args, argv=argv, main_process_first=training_args.main_process_first, hub=hub
     )
-    resume_from, raw, tokenizer, model, tokenized = (
-        setup.resume_from, setup.raw, setup.tokenizer, setup.model, setup.tokenized
-    )
+    resume_from, tokenizer, model, tokenized = setup.resume_from, setup.tokenizer, setup.model, setup.tokenized
     warn_fp16_overflow(model.config.model_type, mixed_precision_name(training_args.fp16, training_args.bf16))
 
     # Generation settings for evaluation and prediction.
