@@ -83,8 +83,15 @@ def worker_seqtune_trainer(config: dict, output_dir: str) -> dict:
     flags += ["--report_to", "none", "--max_steps", str(config["steps"]), "--save_strategy", "no",
               "--logging_steps", "10", "--predict_with_generate", "--disable_tqdm", "true"]
     flags += ["--do_predict"] if config.get("predict_only") else ["--do_train", "--do_eval", "--do_predict"]
+    flags += config.get("extra_flags", [])
     main(flags)
     return normalise(read_results(output_dir))
+
+
+def worker_seqtune_trainer_random(config: dict, output_dir: str) -> dict:
+    """The Trainer script in the baseline's random training order: the same computation as the
+    baseline, so loss and ROUGE must match it; what remains is the speed of evaluation."""
+    return worker_seqtune_trainer(dict(config, extra_flags=["--train_sampling_strategy", "random"]), output_dir)
 
 
 def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
@@ -215,6 +222,7 @@ WORKERS = {
     "baseline": worker_baseline,
     "seqtune-trainer": worker_seqtune_trainer,
     "seqtune-loop": worker_seqtune_loop,
+    "seqtune-trainer-random": worker_seqtune_trainer_random,
     "floor": worker_floor,
 }
 
@@ -272,12 +280,13 @@ def fmt(value) -> str:
 
 def print_table(title: str, medians: dict, systems: list[str]) -> None:
     print(f"\n== {title} (medians) ==")
-    header = f"{'':<26}" + "".join(f"{s:>17}" for s in systems)
+    width = max(17, *(len(s) + 2 for s in systems))
+    header = f"{'':<26}" + "".join(f"{s:>{width}}" for s in systems)
     ratios = [s for s in systems if s.startswith("seqtune")]
-    header += "".join(f"{s.replace('seqtune-', '') + '/base':>14}" for s in ratios)
+    header += "".join(f"{s.replace('seqtune-', '') + '/base':>{max(14, len(s))}}" for s in ratios)
     print(header)
     for key, label, better in ROWS:
-        line = f"{label:<26}" + "".join(f"{fmt(medians[s].get(key)):>17}" for s in systems)
+        line = f"{label:<26}" + "".join(f"{fmt(medians[s].get(key)):>{width}}" for s in systems)
         base = medians.get("baseline", {}).get(key)
         for system in ratios:
             value = medians[system].get(key)
@@ -287,7 +296,7 @@ def print_table(title: str, medians: dict, systems: list[str]) -> None:
                 ratio = f"{value / base:.2f}x"
             else:
                 ratio = f"{base / value:.2f}x" if value else "-"
-            line += f"{ratio:>14}"
+            line += f"{ratio:>{max(14, len(system))}}"
         print(line)
     print("(ratios: speed-up where higher is better or time/memory saved where lower is better; "
           "difference for loss and ROUGE)")
@@ -296,7 +305,9 @@ def print_table(title: str, medians: dict, systems: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,small", help="Model sizes to run (tiny, small).")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="Systems to compare.")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"Systems to compare: {', '.join(SYSTEMS)}, seqtune-trainer-random (the baseline's "
+                        "random order: isolates what the batch order changes in loss and ROUGE).")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per system; the median is reported.")
     parser.add_argument("--train_examples", type=int, default=512)
     parser.add_argument("--eval_examples", type=int, default=64)
