@@ -116,8 +116,9 @@ def test_malformed_csv_row_names_the_line(tmp_path):
 
 
 def test_unclosed_csv_quote_is_reported(tmp_path):
-    path = write(tmp_path / "d.csv", 'text,summary\n"never closed,ok\n')
-    assert "d.csv" in error_of(train_file=path)
+    path = write(tmp_path / "d.csv", 'text,summary\nfine,ok\n"never closed,ok\n')
+    message = error_of(train_file=path)
+    assert "d.csv, line 3" in message and "malformed CSV" in message and "close every double quote" in message
 
 
 def test_bad_json_line_names_line_and_column(tmp_path):
