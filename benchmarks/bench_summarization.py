@@ -32,6 +32,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
 SYSTEMS = ("baseline", "seqtune-trainer", "seqtune-loop")
+QUALITY_STEPS = 400  # where the small model has learned the task (ROUGE-1 ~ 90+), not only its template
 
 
 # --------------------------------------------------------------------------- the world
@@ -42,7 +43,7 @@ def build_world(root: str, size: str, train: int, evaluation: int, test: int, se
     from seqtune.demo import make_base_model, synthetic_corpus, write_jsonl
 
     model = make_base_model(os.path.join(root, f"model-{size}"), kind="t5", seed=seed, size=size)
-    rows = synthetic_corpus(train + evaluation + 10 * test, seed=seed, filler_range=(10, 165))
+    rows = synthetic_corpus(train + evaluation + 10 * test, seed=seed, filler_range=(10, 165), mentions=True)
     files = {
         "train": write_jsonl(os.path.join(root, "train.jsonl"), rows[:train]),
         "validation": write_jsonl(os.path.join(root, "validation.jsonl"), rows[train : train + evaluation]),
@@ -68,6 +69,7 @@ def common_flags(config: dict, output_dir: str, test_key: str = "test") -> list[
         "--per_device_eval_batch_size", str(config["eval_batch_size"]),
         "--learning_rate", str(config["learning_rate"]),
         "--seed", str(config["seed"]),
+        *(["--bf16"] if config.get("bf16") else []),
     ]
 
 
@@ -94,6 +96,12 @@ def worker_seqtune_trainer_random(config: dict, output_dir: str) -> dict:
     return worker_seqtune_trainer(dict(config, extra_flags=["--train_sampling_strategy", "random"]), output_dir)
 
 
+def worker_baseline_reseeded(config: dict, output_dir: str) -> dict:
+    """The baseline with another seed: the same model and data in another random order. How far its
+    loss and ROUGE move from the baseline's is the noise that any change of batch order brings."""
+    return worker_baseline(dict(config, seed=config["seed"] + 1), output_dir)
+
+
 def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
     from seqtune.train_loop import main
 
@@ -112,8 +120,11 @@ def normalise(results: dict) -> dict:
         "eval_samples_per_s": results.get("eval_samples_per_second"),
         "predict_samples_per_s": results.get("predict_samples_per_second"),
         "train_loss": results.get("train_loss"),
+        "eval_loss": results.get("eval_loss"),
         "eval_rouge1": results.get("eval_rouge1"),
+        "eval_rouge2": results.get("eval_rouge2"),
         "eval_rougeL": results.get("eval_rougeL"),
+        "eval_gen_len": results.get("eval_gen_len"),
     }
 
 
@@ -124,7 +135,7 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
     from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                               Seq2SeqTrainingArguments, set_seed)
 
-    from seqtune.metrics import rouge  # the same offline ROUGE, so quality figures compare
+    from seqtune.metrics import generation_length, rouge  # the same measures, so quality figures compare
 
     set_seed(config["seed"])
     files = config["files"]
@@ -154,14 +165,16 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
             generated = generated[0]
         generated = np.where(generated != -100, generated, tokenizer.pad_token_id)
         labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
-        return rouge(tokenizer.batch_decode(generated, skip_special_tokens=True), tokenizer.batch_decode(labels, skip_special_tokens=True))
+        scores = rouge(tokenizer.batch_decode(generated, skip_special_tokens=True), tokenizer.batch_decode(labels, skip_special_tokens=True))
+        scores["gen_len"] = generation_length(generated, tokenizer.pad_token_id)
+        return scores
 
     args = Seq2SeqTrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=config["batch_size"],
         per_device_eval_batch_size=config["eval_batch_size"], learning_rate=config["learning_rate"],
         max_steps=config["steps"], save_strategy="no", logging_steps=10, report_to="none", seed=config["seed"],
         predict_with_generate=True, generation_max_length=config["max_target_length"], disable_tqdm=True,
-        dataloader_pin_memory=False,
+        dataloader_pin_memory=False, bf16=config.get("bf16", False),
     )
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                              processing_class=tokenizer, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
@@ -186,8 +199,9 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
 
     torch.manual_seed(config["seed"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
-    model = AutoModelForSeq2SeqLM.from_pretrained(config["model"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(config["model"]).to(device)
     raw = datasets.load_dataset("json", data_files={"train": config["files"]["train"]})["train"]
     features = [
         {"input_ids": tokenizer("summarize: " + row["document"], max_length=config["max_source_length"], truncation=True)["input_ids"],
@@ -195,7 +209,7 @@ def worker_floor(config: dict, output_dir: str) -> dict:
         for row in raw
     ]
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], fused=True)
     # The batches seqtune trains on: its length-grouped order for this seed (epoch 0).
     from seqtune.data import LengthGroupedSampler
 
@@ -207,13 +221,17 @@ def worker_floor(config: dict, output_dir: str) -> dict:
         order += list(sampler)
     batches = [collator([features[i] for i in order[start : start + batch_size]])
                for start in range(0, batch_size * config["steps"], batch_size)][: config["steps"]]
+    batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
     model.train()
     started = time.perf_counter()
     for batch in batches:
-        loss = model(**batch).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(config.get("bf16"))):
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
     return {"train_s": elapsed, "train_samples_per_s": len(batches) * batch_size / elapsed, "step_ms": 1000 * elapsed / len(batches)}
 
@@ -223,6 +241,7 @@ WORKERS = {
     "seqtune-trainer": worker_seqtune_trainer,
     "seqtune-loop": worker_seqtune_loop,
     "seqtune-trainer-random": worker_seqtune_trainer_random,
+    "baseline-reseeded": worker_baseline_reseeded,
     "floor": worker_floor,
 }
 
@@ -247,6 +266,7 @@ def run_worker(system: str, config: dict, scratch: str) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
     result["peak_rss_mb"] = result.pop("_peak_rss_mb", None)
+    result["peak_gpu_mb"] = result.pop("_peak_gpu_mb", None)
     return result
 
 
@@ -261,6 +281,8 @@ ROWS = [
     ("predict_samples_per_s", "predict samples/s", "higher"),
     ("wall_s", "end-to-end wall (s)", "lower"),
     ("peak_rss_mb", "peak RSS (MB)", "lower"),
+    ("peak_gpu_mb", "peak GPU memory (MB)", "lower"),
+    ("mfu_percent", "model FLOPs util. (%)", "higher"),
     ("train_loss", "final train loss", None),
     ("eval_rouge1", "ROUGE-1", None),
     ("eval_rougeL", "ROUGE-L", None),
@@ -278,14 +300,16 @@ def fmt(value) -> str:
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
-def print_table(title: str, medians: dict, systems: list[str]) -> None:
-    print(f"\n== {title} (medians) ==")
+def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS) -> None:
+    print(f"\n== {title} ==")
     width = max(17, *(len(s) + 2 for s in systems))
     header = f"{'':<26}" + "".join(f"{s:>{width}}" for s in systems)
-    ratios = [s for s in systems if s.startswith("seqtune")]
-    header += "".join(f"{s.replace('seqtune-', '') + '/base':>{max(14, len(s))}}" for s in ratios)
+    ratios = [s for s in systems if s != "baseline"]
+    header += "".join(f"{s.replace('seqtune-', '').replace('baseline-', '') + '/base':>{max(14, len(s))}}" for s in ratios)
     print(header)
-    for key, label, better in ROWS:
+    for key, label, better in rows:
+        if all(medians[s].get(key) is None for s in systems):
+            continue  # e.g. GPU memory on a CPU machine
         line = f"{label:<26}" + "".join(f"{fmt(medians[s].get(key)):>{width}}" for s in systems)
         base = medians.get("baseline", {}).get(key)
         for system in ratios:
@@ -302,13 +326,63 @@ def print_table(title: str, medians: dict, systems: list[str]) -> None:
           "difference for loss and ROUGE)")
 
 
+QUALITY_ROWS = [
+    ("train_loss", "final train loss", None),
+    ("eval_loss", "eval loss", None),
+    ("eval_rouge1", "ROUGE-1", None),
+    ("eval_rouge2", "ROUGE-2", None),
+    ("eval_rougeL", "ROUGE-L", None),
+    ("eval_gen_len", "generated length", None),
+    ("train_samples_per_s", "train samples/s", "higher"),
+    ("eval_samples_per_s", "eval+generate samples/s", "higher"),
+    ("wall_s", "end-to-end wall (s)", "lower"),
+]
+
+
+def quality_check(args, scratch: str, systems: list[str]) -> None:
+    """Train each system long enough to learn the task, once (for one seed the result is
+    deterministic: a repeat gives the same numbers), and compare loss and ROUGE with the baseline's.
+
+    The speed runs stop after a few dozen steps, where every model still writes one template
+    summary for every input; their ROUGE then depends on which template words came out and swings
+    with any change of batch order. Here the models have learned to copy the story out of the
+    document, so ROUGE measures what the pipelines differ in."""
+    world = build_world(os.path.join(scratch, f"quality-{args.quality_size}"), args.quality_size, args.train_examples,
+                        args.quality_eval_examples, args.test_examples, seed=0)
+    config = dict(world, size=args.quality_size, steps=args.quality_steps, batch_size=args.batch_size,
+                  eval_batch_size=args.eval_batch_size, max_source_length=args.max_source_length,
+                  max_target_length=args.max_target_length, learning_rate=args.learning_rate, seed=0, bf16=args.bf16)
+    results = {}
+    for system in systems:
+        results[system] = run_worker(system, config, scratch)
+        print(f"  [quality, {args.quality_size}, {args.quality_steps} steps] {system}: wall {results[system]['wall_s']:.1f}s",
+              flush=True)
+    print_table(f"quality: {args.quality_size} model, {args.quality_steps} steps, batch {args.batch_size}, "
+                f"{args.quality_eval_examples} evaluation examples (one run each)", results, systems, QUALITY_ROWS)
+    if "baseline" not in results:
+        return
+    for system in systems[1:] if systems[0] == "baseline" else [s for s in systems if s != "baseline"]:
+        loss = 100 * abs(results[system]["train_loss"] / results["baseline"]["train_loss"] - 1)
+        rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
+        note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
+        print(f"  {system}: final loss within {loss:.2f}% of the baseline's (target 2%), "
+              f"ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="tiny,small", help="Model sizes to run (tiny, small).")
+    parser.add_argument("--sizes", default="tiny,small",
+                        help="Model sizes to run: tiny, small, t5-small (the shapes of Google's t5-small, 60M parameters: "
+                        "for a GPU).")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision in every system (GPU runs).")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="The accelerator's peak TFLOP/s for model FLOPs utilisation (default: known GPUs' dense "
+                        "bf16 peak, e.g. 989 for an H100/H200 SXM; none on a CPU).")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help=f"Systems to compare: {', '.join(SYSTEMS)}, seqtune-trainer-random (the baseline's "
                         "random order: isolates what the batch order changes in loss and ROUGE).")
-    parser.add_argument("--repeats", type=int, default=3, help="Runs per system; the median is reported.")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Runs per system; the median is reported (0: only the quality comparison).")
     parser.add_argument("--train_examples", type=int, default=512)
     parser.add_argument("--eval_examples", type=int, default=64)
     parser.add_argument("--test_examples", type=int, default=32)
@@ -319,6 +393,15 @@ def main() -> None:
     parser.add_argument("--max_target_length", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--skip_memory", action="store_true", help="Skip the 10x-test-set prediction memory check.")
+    parser.add_argument("--quality_steps", type=int, default=QUALITY_STEPS,
+                        help="Training steps of the quality comparison (one run per system, long enough for the models "
+                        "to learn the task); 0 skips it.")
+    parser.add_argument("--quality_size", default="small", help="Model size of the quality comparison.")
+    parser.add_argument("--quality_systems", default="baseline,baseline-reseeded,seqtune-trainer,seqtune-loop",
+                        help="Systems of the quality comparison; baseline-reseeded (the baseline with the next seed: "
+                        "only the batch order changes) shows how much loss and ROUGE move with the order alone.")
+    parser.add_argument("--quality_eval_examples", type=int, default=256,
+                        help="Evaluation examples of the quality comparison (more: less sampling noise in ROUGE).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--output_dir", help=argparse.SUPPRESS)
@@ -332,6 +415,10 @@ def main() -> None:
         result = WORKERS[args.worker](config, args.output_dir)
         peaks = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         result["_peak_rss_mb"] = max(peaks) / 1024  # kilobytes on Linux
+        import torch
+
+        if torch.cuda.is_available():
+            result["_peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return
 
@@ -340,47 +427,102 @@ def main() -> None:
     import torch
 
     systems = [s for s in args.systems.split(",") if s]
+    peak_flops = 1e12 * (args.peak_tflops or known_peak_tflops() or 0)
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}, peak {peak_flops / 1e12:.0f} TFLOP/s for model FLOPs utilisation"
+              f"{'' if args.bf16 else ' (a bf16 peak: pass --bf16, or --peak_tflops for fp32/tf32)'}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory(prefix="seqtune-bench-") as scratch:
-        for size in args.sizes.split(","):
+        for size in args.sizes.split(",") if args.repeats else []:
             world = build_world(os.path.join(scratch, size), size, args.train_examples, args.eval_examples,
                                 args.test_examples, seed=0)
             config = dict(world, size=size, steps=args.steps, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
                           max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                          learning_rate=args.learning_rate, seed=0)
-            mean_tokens = mean_train_tokens(config)
+                          learning_rate=args.learning_rate, seed=0, bf16=args.bf16)
+            mean_tokens, flops_per_example = train_example_costs(config)
             runs = {system: [] for system in systems + ["floor"]}
             for repeat in range(args.repeats):
                 for system in systems + ["floor"]:
                     result = run_worker(system, config, scratch)
                     if result.get("train_samples_per_s"):
                         result["train_tokens_per_s"] = result["train_samples_per_s"] * mean_tokens
+                        if peak_flops:
+                            result["mfu_percent"] = 100 * result["train_samples_per_s"] * flops_per_example / peak_flops
                     runs[system].append(result)
                     print(f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s", flush=True)
             medians = {system: {key: median_of(results, key) for key, _, _ in ROWS} for system, results in runs.items()}
             print_table(f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
-                        f"batch {args.batch_size}", medians, systems)
+                        f"batch {args.batch_size} (medians of {args.repeats})", medians, systems)
             floor = median_of(runs["floor"], "step_ms")
+            floor_mfu = median_of(runs["floor"], "mfu_percent")
             print(f"floor (bare PyTorch fwd/bwd/AdamW on seqtune's batches): {floor:.1f} ms/step, "
-                  f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s")
+                  f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s"
+                  + (f", model FLOPs utilisation {floor_mfu:.1f}%" if floor_mfu is not None else ""))
             if not args.skip_memory:
                 memory_check(config, scratch, systems)
+        if args.quality_steps:
+            quality_check(args, scratch, [s for s in args.quality_systems.split(",") if s])
 
 
-def mean_train_tokens(config: dict) -> float:
-    """Mean source+target tokens per training example (after truncation), for tokens/s."""
-    from transformers import AutoTokenizer
+def train_example_costs(config: dict) -> tuple[float, float]:
+    """Mean source+target tokens of a training example (after truncation), for tokens/s, and the
+    mean model FLOPs of training on it (`training_flops`), for model FLOPs utilisation."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
-    total = count = 0
+    model = AutoModelForSeq2SeqLM.from_pretrained(config["model"])
+    tokens = flops = 0.0
+    count = 0
     with open(config["files"]["train"], encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
-            total += min(len(tokenizer("summarize: " + row["document"])["input_ids"]), config["max_source_length"])
-            total += min(len(tokenizer(row["summary"])["input_ids"]), config["max_target_length"])
+            source = min(len(tokenizer("summarize: " + row["document"])["input_ids"]), config["max_source_length"])
+            target = min(len(tokenizer(text_target=row["summary"])["input_ids"]), config["max_target_length"])
+            tokens += source + target
+            flops += training_flops(model, source, target)
             count += 1
-    return total / max(count, 1)
+    return tokens / max(count, 1), flops / max(count, 1)
+
+
+def training_flops(model, source_tokens: int, target_tokens: int) -> float:
+    """Model FLOPs of one training step (forward and backward) on one example, real tokens only.
+
+    The forward pass is 2 FLOPs per weight per token: the encoder's weight matrices and the decoder's
+    cross-attention keys and values see the source tokens, the rest of the decoder and the output
+    projection the target tokens; plus the attention scores and weighted sums: 2 x 2 x query tokens
+    x key tokens x inner width per layer, self and cross. The backward pass is twice the forward.
+    (Checked against torch's FLOP counter in tests/test_benchmark.py.)"""
+    config = model.config
+    weights = {"encoder": 0, "decoder": 0, "cross_kv": 0}
+    for name, parameter in model.named_parameters():
+        part = next((p for p in name.split(".")[:2] if p in weights), None)
+        if part and parameter.dim() >= 2 and "embed" not in name and "relative_attention_bias" not in name:
+            if part == "decoder" and any(k in name for k in ("EncDecAttention.k.", "EncDecAttention.v.",
+                                                               "encoder_attn.k_proj.", "encoder_attn.v_proj.")):
+                part = "cross_kv"
+            weights[part] += parameter.numel()
+    width = config.d_model
+    inner = getattr(config, "num_heads", 0) * getattr(config, "d_kv", 0) or width
+    encoder_layers = getattr(config, "num_layers", None) or config.encoder_layers
+    decoder_layers = getattr(config, "num_decoder_layers", None) or config.decoder_layers
+    source, target = source_tokens, target_tokens
+    forward = (2 * (weights["encoder"] + weights["cross_kv"]) * source + 2 * (weights["decoder"] + config.vocab_size * width) * target
+               + 4 * inner * (encoder_layers * source * source + decoder_layers * (target * target + target * source)))
+    return 3.0 * forward
+
+
+def known_peak_tflops() -> float | None:
+    """Dense bf16 peak of the GPU in this machine, when it is one we know."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for marker, tflops in (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L4", 121.0), ("A10", 125.0)):
+        if marker in name:
+            return tflops
+    return None
 
 
 def memory_check(config: dict, scratch: str, systems: list[str]) -> None:

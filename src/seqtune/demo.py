@@ -34,15 +34,24 @@ FILLER_TAILS = ["on the radio", "at a meeting", "in a letter", "on social media"
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3: T5's pad/eos/unk, plus a bos for BART
 
 
-def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6)) -> dict:
+def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6), mentions: bool = False) -> dict:
+    """One news-like example. With `mentions`, about half of the filler sentences mention the
+    story's subject again (as news articles do), so a long document says what it is about in
+    more than one place."""
     city, group, action, thing, day = (rng.choice(CITIES), rng.choice(GROUPS), rng.choice(ACTIONS),
                                        rng.choice(OBJECTS), rng.choice(DAYS))
     cost = rng.randint(2, 99)
     lead = f"on {day} the {group} of {city} said it will {action} the old {thing} ."
-    fillers = [
-        f"{rng.choice(FILLER_SUBJECTS)} {rng.choice(FILLER_VERBS)} {rng.choice(FILLER_OBJECTS)} {rng.choice(FILLER_TAILS)} ."
-        for _ in range(rng.randint(*filler_range))
-    ]
+
+    def filler() -> str:
+        subject, verb = rng.choice(FILLER_SUBJECTS), rng.choice(FILLER_VERBS)
+        if mentions and rng.random() < 0.5:
+            topic = rng.choice([f"the plan of the {city} {group}", f"the plan to {action} the {thing}",
+                                f"the {cost} million for the {thing}"])
+            return f"{subject} {verb} {topic} {rng.choice(FILLER_TAILS)} ."
+        return f"{subject} {verb} {rng.choice(FILLER_OBJECTS)} {rng.choice(FILLER_TAILS)} ."
+
+    fillers = [filler() for _ in range(rng.randint(*filler_range))]
     middle = f"the work will cost {cost} million ."
     position = rng.randint(0, len(fillers))
     body = fillers[:position] + [middle] + fillers[position:]
@@ -51,11 +60,11 @@ def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6)
     return {"document": document, "summary": summary}
 
 
-def synthetic_corpus(size: int, seed: int = 0, filler_range: tuple[int, int] = (1, 6)) -> list[dict]:
+def synthetic_corpus(size: int, seed: int = 0, filler_range: tuple[int, int] = (1, 6), mentions: bool = False) -> list[dict]:
     """`size` examples; each document has between filler_range[0] and filler_range[1] filler
     sentences (about 9 tokens each), so filler_range=(10, 165) gives news-like lengths of ~100 to ~1,500 tokens."""
     rng = random.Random(seed)
-    return [synthetic_example(rng, filler_range) for _ in range(size)]
+    return [synthetic_example(rng, filler_range, mentions) for _ in range(size)]
 
 
 def corpus_vocabulary() -> list[str]:
@@ -91,27 +100,36 @@ def build_tokenizer(extra_words: list[str] | None = None):
     )
 
 
+# Model shapes by size: tiny trains in seconds on a CPU; t5-small has the shapes of Google's
+# t5-small (60M parameters, its 32,128-token vocabulary), for GPU benchmarks.
+MODEL_SIZES = {
+    "tiny": {"width": 64, "layers": 2, "heads": 4, "ffn": 128, "buckets": 16, "vocab": None},
+    "small": {"width": 256, "layers": 4, "heads": 4, "ffn": 512, "buckets": 16, "vocab": None},
+    "t5-small": {"width": 512, "layers": 6, "heads": 8, "ffn": 2048, "buckets": 32, "vocab": 32128},
+}
+
+
 def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "tiny"):
-    """A randomly initialised T5 or BART small enough to train in seconds on a CPU."""
+    """A randomly initialised T5 or BART of one of MODEL_SIZES (tiny: trains in seconds on a CPU)."""
     import torch
     from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    width = {"tiny": 64, "small": 256}[size]
-    layers = {"tiny": 2, "small": 4}[size]
-    vocab_size = len(tokenizer)
+    shape = MODEL_SIZES[size]
+    width, layers, heads = shape["width"], shape["layers"], shape["heads"]
+    vocab_size = max(len(tokenizer), shape["vocab"] or 0)  # rows past the tokenizer's are never produced by it
     if kind == "t5":
         config = T5Config(
-            vocab_size=vocab_size, d_model=width, d_kv=width // 4, d_ff=width * 2, num_layers=layers,
-            num_decoder_layers=layers, num_heads=4, relative_attention_num_buckets=16, dropout_rate=0.0,
+            vocab_size=vocab_size, d_model=width, d_kv=width // heads, d_ff=shape["ffn"], num_layers=layers,
+            num_decoder_layers=layers, num_heads=heads, relative_attention_num_buckets=shape["buckets"], dropout_rate=0.0,
             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=True,
         )
         model = T5ForConditionalGeneration(config)
     elif kind == "bart":
         config = BartConfig(
             vocab_size=vocab_size, d_model=width, encoder_layers=layers, decoder_layers=layers,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=width * 2,
-            decoder_ffn_dim=width * 2, max_position_embeddings=1024, dropout=0.0, attention_dropout=0.0,
+            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=shape["ffn"],
+            decoder_ffn_dim=shape["ffn"], max_position_embeddings=1024, dropout=0.0, attention_dropout=0.0,
             pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=1, forced_eos_token_id=1,
         )
         model = BartForConditionalGeneration(config)

@@ -117,6 +117,18 @@ class LoopArguments:
         metadata={"help": "Mixed precision with bfloat16 (CPUs, Ampere or newer GPUs). Without --fp16/--bf16, "
                   "`accelerate launch --mixed_precision` decides."},
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the model's forward pass with torch.compile (pays off on GPUs for long runs; the "
+                  "first steps are slower while it compiles). The same flag as the Trainer script's."},
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata={"help": 'torch.compile backend (implies --torch_compile; default "inductor").'}
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": 'torch.compile mode (implies --torch_compile): "default", "reduce-overhead", "max-autotune".'},
+    )
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={
@@ -183,6 +195,8 @@ class LoopArguments:
             raise UserError(f"--max_train_steps must be at least 1, got {self.max_train_steps}.")
         if self.num_warmup_steps < 0:
             raise UserError(f"--num_warmup_steps cannot be negative, got {self.num_warmup_steps}.")
+        if self.torch_compile_backend or self.torch_compile_mode:  # as the Trainer's arguments do
+            self.torch_compile = True
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
             raise UserError(f'--checkpointing_steps must be a positive number or "epoch", got {steps!r}.')
@@ -241,6 +255,17 @@ def _optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer:
         {"params": [p for n, p in model.named_parameters() if n not in decay and p.requires_grad], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=args.learning_rate, fused=device.type in ("cpu", "cuda"))
+
+
+def _compile_settings(args: LoopArguments):
+    """Accelerate's torch.compile settings for --torch_compile (None: eager, unless `accelerate config` says otherwise)."""
+    if not args.torch_compile:
+        return None
+    from accelerate.utils import TorchDynamoPlugin
+
+    # Length-grouped batches change shape every step: compile for dynamic shapes at once
+    # instead of recompiling for the first few widths.
+    return TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode, dynamic=True)
 
 
 def _check_loop_checkpoint(folder: str | None) -> None:
@@ -362,8 +387,12 @@ def main(argv: list[str] | None = None) -> dict:
         step_scheduler_with_optimizer=False,
         log_with=trackers,
         project_dir=args.output_dir if trackers else None,
+        dynamo_plugin=_compile_settings(args),
     )
     logger.info("%s on %d process(es), device %s.", PROG, accelerator.num_processes, accelerator.device)
+    if args.torch_compile:
+        logger.info("torch.compile: backend %s, mode %s (the first steps compile).", accelerator.state.dynamo_plugin.backend,
+                    args.torch_compile_mode or "default")
     # --push_to_hub: checked in set_up_run (hub reachable, token valid) before anything else.
     hub = HubPusher.from_arguments(args, model_args)
 
@@ -421,6 +450,19 @@ def main(argv: list[str] | None = None) -> dict:
     # The Trainer's estimate of the work: 6 x input tokens x parameters (embeddings excluded).
     flos_per_input_token = 6.0 * accelerator.unwrap_model(model).num_parameters(exclude_embeddings=True)
     training_bar = Progress(max_train_steps, "Training", unit="step", initial=progress.completed_steps)
+    # Per-step loss (mean over micro-batches), flos and step count not yet added to `progress`.
+    unflushed = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+
+    def flush_totals() -> float:
+        """Add the unflushed steps to `progress` (summed over processes); their mean loss."""
+        loss_sum, flos_sum, steps = accelerator.reduce(unflushed, reduction="sum").tolist()
+        steps /= accelerator.num_processes
+        loss_sum /= accelerator.num_processes  # each step's loss: the mean over processes
+        progress.loss_sum += loss_sum
+        progress.total_flos += flos_sum
+        unflushed.zero_()
+        return loss_sum / max(steps, 1)
+
     steps_this_run = 0
     eval_metrics: dict = {}
     for epoch in range(progress.epoch, num_train_epochs):
@@ -454,26 +496,27 @@ def main(argv: list[str] | None = None) -> dict:
             # One optimizer step done.
             if not accelerator.optimizer_step_was_skipped:
                 lr_scheduler.step()
-            step_totals = torch.stack([(accumulated_loss / micro_batches).double(),
-                                       torch.tensor(flos, dtype=torch.float64, device=accelerator.device)])
-            step_totals = accelerator.reduce(step_totals, reduction="sum").tolist()  # over processes
-            step_loss = step_totals[0] / accelerator.num_processes
+            # Added up on the device: no host synchronisation or collective here, only at logging and
+            # checkpoint steps (flush_totals).
+            unflushed += torch.stack([(accumulated_loss / micro_batches).double(),
+                                      torch.tensor(flos, dtype=torch.float64, device=accelerator.device),
+                                      torch.ones((), dtype=torch.float64, device=accelerator.device)])
             accumulated_loss.zero_()
             micro_batches, flos = 0, 0.0
             progress.completed_steps += 1
-            progress.loss_sum += step_loss
-            progress.total_flos += step_totals[1]
             steps_this_run += 1
             step = progress.completed_steps
-            training_bar.set_postfix(loss=step_loss, lr=lr_scheduler.get_last_lr()[0])
             training_bar.update(1)
             if step % args.logging_steps == 0 or step == max_train_steps:
+                interval_loss = flush_totals()  # mean loss since the last log, as the Trainer logs it
                 learning_rate = lr_scheduler.get_last_lr()[0]
-                training_bar.write(f"step {step}/{max_train_steps}  epoch {epoch}  loss {step_loss:.4f}  "
+                training_bar.set_postfix(loss=interval_loss, lr=learning_rate)
+                training_bar.write(f"step {step}/{max_train_steps}  epoch {epoch}  loss {interval_loss:.4f}  "
                                    f"learning rate {learning_rate:.3e}")
-                accelerator.log({"train_loss": step_loss, "learning_rate": learning_rate, "epoch": epoch}, step=step)
-                run_log.append({"step": step, "epoch": epoch, "loss": step_loss, "learning_rate": learning_rate})
+                accelerator.log({"train_loss": interval_loss, "learning_rate": learning_rate, "epoch": epoch}, step=step)
+                run_log.append({"step": step, "epoch": epoch, "loss": interval_loss, "learning_rate": learning_rate})
             if args.checkpoint_every and step % args.checkpoint_every == 0:
+                flush_totals()  # the checkpoint holds every step's loss
                 save_checkpoint(accelerator, args.output_dir, step, args.save_total_limit, hub)
             if step >= max_train_steps:
                 break
@@ -487,8 +530,10 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.log(eval_metrics, step=progress.completed_steps)
         run_log.append({**eval_metrics, "step": progress.completed_steps})
         if args.checkpointing_steps == "epoch":
+            flush_totals()
             save_checkpoint(accelerator, args.output_dir, progress.completed_steps, args.save_total_limit, hub)
     training_bar.close()
+    flush_totals()
     runtime = time.time() - started
     if not eval_metrics:  # resumed from a checkpoint taken after the last step: evaluate once
         eval_metrics = evaluate(accelerator, model, eval_dataloader, tokenizer, generation)
@@ -498,6 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
     def save_model(folder: str) -> None:
         unwrapped = accelerator.unwrap_model(model)
         state_dict = cpu_state_dict(accelerator.get_state_dict(model))  # on every process (gathers sharded weights)
+        # --torch_compile: the compiled wrapper names every weight "_orig_mod.<name>".
+        state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
         unwrapped.save_pretrained(folder, is_main_process=is_main_process(), save_function=accelerator.save,
                                   state_dict=state_dict)
         if is_main_process():

@@ -1,0 +1,106 @@
+"""benchmarks/bench_summarization.py (issue 6): one invocation runs the baseline pipeline and both
+seqtune scripts, each in its own process, and prints every figure with its ratio to the baseline.
+
+Timings are not asserted (they belong to the benchmark, not to a test); what is checked is that
+the figures exist, that they agree with what the runs wrote, and that the comparison is fair:
+with the baseline's random batch order, seqtune computes exactly the baseline's loss and ROUGE.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+BENCH = f"{REPO}/benchmarks/bench_summarization.py"
+
+
+def table_row(output: str, label: str) -> list[str]:
+    """The cells of the first table row that starts with `label`."""
+    for line in output.splitlines():
+        if line.startswith(label + " ") or line.startswith(label + "\t"):
+            return line[len(label):].split()
+    raise AssertionError(f"no row {label!r} in:\n{output}")
+
+
+def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
+    command = [sys.executable, BENCH, "--sizes", "tiny", "--repeats", "1",
+               "--systems", "baseline,seqtune-trainer,seqtune-loop,seqtune-trainer-random",
+               "--train_examples", "24", "--eval_examples", "8", "--test_examples", "4", "--steps", "3",
+               "--batch_size", "4", "--eval_batch_size", "8", "--max_source_length", "256", "--max_target_length", "16",
+               "--quality_steps", "4", "--quality_size", "tiny", "--quality_eval_examples", "8", "--peak_tflops", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+
+    # Every figure, for every system, then one ratio per seqtune system.
+    for label in ["train samples/s", "eval+generate samples/s", "predict samples/s", "end-to-end wall (s)",
+                  "tokenization (s)", "train tokens/s", "peak RSS (MB)", "model FLOPs util. (%)"]:
+        cells = table_row(out, label)
+        assert len(cells) == 4 + 3, (label, cells)
+        assert all(re.fullmatch(r"[\d,.]+x?", cell) for cell in cells), (label, cells)
+        assert all(float(cell.replace(",", "")) > 0 for cell in cells[:4]), (label, cells)
+        assert all(cell.endswith("x") for cell in cells[4:]), (label, cells)
+
+    # Ratios are computed from the figures printed beside them.
+    speed = [float(c.replace(",", "")) for c in table_row(out, "train samples/s")[:4]]
+    ratio = float(table_row(out, "train samples/s")[4].rstrip("x"))
+    assert ratio == pytest.approx(speed[1] / speed[0], abs=0.01)
+    # Utilisation is proportional to samples/s (the same model FLOPs per example for every system).
+    mfu = [float(c) for c in table_row(out, "model FLOPs util. (%)")[:4]]
+    assert mfu[1] / mfu[0] == pytest.approx(speed[1] / speed[0], rel=0.02)
+
+    # The baseline's random order: exactly the baseline's computation, so the same loss and ROUGE.
+    loss = table_row(out, "final train loss")
+    assert loss[3] == loss[0] and loss[6] == "+0.000", loss
+    rouge = table_row(out, "ROUGE-1")
+    assert rouge[3] == rouge[0], rouge
+    # The two seqtune scripts train on the same batches: the same loss.
+    assert float(loss[1]) == pytest.approx(float(loss[2]), abs=2e-3), loss
+
+    assert re.search(r"floor \(bare PyTorch .*\): [\d.]+ ms/step, [\d.]+ samples/s", out), out
+    for system in ["baseline", "seqtune-trainer", "seqtune-trainer-random"]:
+        assert re.search(rf"  {system} +x1 +[\d.]+ MB +x10 +[\d.]+ MB +growth [+-][\d.]+%", out), out
+    assert re.search(r"== quality: tiny model, 4 steps", out), out
+    assert table_row(out.split("== quality")[1], "ROUGE-1")  # the quality table has its own rows
+    assert "baseline-reseeded: final loss within" in out and "(noise: the baseline in another order)" in out
+    assert re.search(r"seqtune-trainer: final loss within [\d.]+% of the baseline's \(target 2%\), "
+                     r"ROUGE-1 within [\d.]+ points \(target 0.3\)", out), out
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("bench_summarization", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_model_flops_match_torch_flop_counter(kind):
+    """The model FLOPs behind utilisation equal what torch counts for a forward and backward pass."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seqtune.demo import build_tiny_model, build_tokenizer
+
+    bench = load_benchmark()
+    model = build_tiny_model(build_tokenizer(), kind=kind, size="small")
+    model.set_attn_implementation("eager")  # the counter does not see the CPU's fused attention kernel
+    for source, target in [(300, 12), (900, 30)]:
+        with FlopCounterMode(display=False) as counter:
+            model(input_ids=torch.randint(5, 100, (1, source)), labels=torch.randint(5, 100, (1, target))).loss.backward()
+        assert bench.training_flops(model, source, target) == pytest.approx(counter.get_total_flops(), rel=1e-6)
+
+
+def test_t5_small_size_has_the_shapes_of_google_t5_small():
+    from seqtune.demo import build_tiny_model, build_tokenizer
+
+    model = build_tiny_model(build_tokenizer(), kind="t5", size="t5-small")
+    assert model.num_parameters() == 60_506_624  # google-t5/t5-small
+    assert (model.config.d_model, model.config.num_layers, model.config.num_heads, model.config.vocab_size) == (512, 6, 8, 32128)
