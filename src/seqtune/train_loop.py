@@ -46,7 +46,8 @@ from .arguments import DataArguments, ModelArguments, parse_arguments
 from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import UserError, exit_on_user_error
 from .hub import HubPusher
-from .generation import GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order
+from .generation import (GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order,
+                         return_large_buffers_to_os)
 from .metrics import decode_token_ids
 from .outputs import PREDICTIONS_FILE, arguments_as_dict, save_final_model, write_predictions
 from .pipeline import finish, generation_settings, record_results, set_up_run
@@ -345,6 +346,8 @@ def evaluate(accelerator, model, dataloader, tokenizer, generation: dict) -> dic
 
 def predict_to_file(accelerator, model, dataset, collator, batch_size: int, tokenizer, generation: dict, output_dir: str) -> dict:
     """Predict in windows of input order (sorted by length inside), streaming generated_predictions.txt."""
+    if accelerator.device.type == "cpu":
+        return_large_buffers_to_os()  # flat peak memory however many examples
     totals = GenerationTotals()
     bar = Progress(math.ceil(len(dataset) / (batch_size * accelerator.num_processes)), "Predicting", unit="batch")
 

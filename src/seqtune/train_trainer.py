@@ -20,7 +20,8 @@ from .data import LengthGroupedSampler, build_collator, token_lengths
 from .errors import exit_on_user_error
 from .losses import example_loss_sums, mean_token_loss, token_summed_loss
 from .hub import HubPusher
-from .generation import GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order
+from .generation import (GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order,
+                         return_large_buffers_to_os)
 from .metrics import decode_token_ids, summary_metrics
 from .outputs import PREDICTIONS_FILE, log_metrics, save_final_model, write_predictions, write_results
 from .pipeline import finish, generation_settings, record_results, set_up_run
@@ -107,6 +108,8 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     def predict_to_file(self, dataset, tokenizer, output_dir: str) -> dict:
         """Generate for every example of `dataset`, stream generated_predictions.txt in input order,
         and return the predict_* metrics; memory stays flat in the number of examples."""
+        if self.args.device.type == "cpu":
+            return_large_buffers_to_os()  # flat peak memory however many examples
         totals = GenerationTotals()
         compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
         per_batch = self.args.per_device_eval_batch_size * self.args.world_size
