@@ -183,3 +183,35 @@ def test_tokenization_adds_prefix_and_truncates(files, isolated_hf_home, t5_mode
     first = tokenized[0]
     assert len(first["input_ids"]) == 5 and len(first["labels"]) == 3
     assert tokenizer.convert_ids_to_tokens(first["input_ids"][:2]) == ["summarize", ":"]
+
+
+# --------------------------------------------------------------------------- length-grouped order
+
+
+def test_length_grouped_order_pads_little_and_does_not_walk_from_long_to_short():
+    import random
+
+    from seqtune.data import LengthGroupedSampler
+
+    lengths = [random.Random(i).randint(100, 1500) for i in range(4003)]  # 500 batches of 8, and 3 left over
+    batch = 8
+    sampler = LengthGroupedSampler(lengths, batch, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(lengths)))  # every example once
+    assert order == list(LengthGroupedSampler(lengths, batch, seed=3))  # same seed and epoch: same order
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new epoch: a new order
+
+    batches = [order[start : start + batch] for start in range(0, len(order), batch)]
+    assert max(lengths) in [lengths[i] for i in batches[0]]  # the longest example first: out-of-memory shows at once
+    padded = sum(batch_ * max(lengths[i] for i in b) for b, batch_ in ((b, len(b)) for b in batches))
+    shuffled = random.Random(0).sample(range(len(lengths)), len(lengths))
+    padded_random = sum(len(b) * max(lengths[i] for i in b) for b in (shuffled[s : s + batch] for s in range(0, len(shuffled), batch)))
+    assert padded < 0.8 * padded_random  # grouped batches: far less padding than random ones
+
+    # Batches come in a shuffled order, not sorted within mega-batches of 50 (a long-to-short walk every
+    # 50 steps that ends training on the shortest documents): the longest of each batch rises about as
+    # often as it falls from one step to the next.
+    longest = [max(lengths[i] for i in b) for b in batches[:-1]]
+    rises = sum(after > before for before, after in zip(longest, longest[1:]))
+    assert 0.35 < rises / (len(longest) - 1) < 0.65
