@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(REPO, "src"))
 
 SYSTEMS = ("baseline", "seqtune-trainer", "seqtune-loop")
 # The quality comparison's default: the tiny model, 1,000 steps (about an hour for the four systems on a
-# 2-core CPU), where it has learned the task (ROUGE-1 ~ 97), not only a template. The small model learns
+# 2-core CPU), where it has learned the task (ROUGE-1 ~ 99), not only a template. The small model learns
 # it too, but several times slower: a run for a GPU (see the README).
 QUALITY_SIZE, QUALITY_STEPS = "tiny", 1000
 

@@ -591,7 +591,7 @@ class LengthGroupedSampler(torch_sampler_base()):
         indices = get_length_grouped_indices(self.lengths, self.group_size, generator=generator)
         size = self.group_size
         full = len(indices) // size
-        batches = [indices[start * size : (start + 1) * size] for start in range(full)]
-        if full > 1:
-            batches = batches[:1] + [batches[1 + i] for i in torch.randperm(full - 1, generator=generator).tolist()]
-        return iter([index for batch in batches for index in batch] + indices[full * size :])
+        # `or [[]]`: fewer examples than one batch leave no full batch to keep first
+        first, *rest = [indices[start * size : (start + 1) * size] for start in range(full)] or [[]]
+        rest = [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
+        return iter([index for batch in [first, *rest] for index in batch] + indices[full * size :])
