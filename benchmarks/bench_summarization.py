@@ -343,33 +343,55 @@ QUALITY_ROWS = [
 
 
 def quality_check(args, scratch: str, systems: list[str]) -> None:
-    """Train each system long enough to learn the task, once (for one seed the result is
+    """Train each system long enough to learn the task, once per seed (for one seed the result is
     deterministic: a repeat gives the same numbers), and compare loss and ROUGE with the baseline's.
 
     The speed runs stop after a few dozen steps, where every model still writes one template
     summary for every input; their ROUGE then depends on which template words came out and swings
     with any change of batch order. Here the models have learned to copy the story out of the
-    document, so ROUGE measures what the pipelines differ in."""
+    document, so ROUGE measures what the pipelines differ in. The seed sets the batch order and
+    dropout (the initial weights are the same): with several seeds the medians are compared and the
+    baseline's spread across seeds is the noise any comparison has to beat."""
     world = build_world(os.path.join(scratch, f"quality-{args.quality_size}"), args.quality_size, args.train_examples,
                         args.quality_eval_examples, args.test_examples, seed=0)
     config = dict(world, size=args.quality_size, steps=args.quality_steps, batch_size=args.batch_size,
                   eval_batch_size=args.eval_batch_size, max_source_length=args.max_source_length,
-                  max_target_length=args.max_target_length, learning_rate=args.learning_rate, seed=0, bf16=args.bf16)
-    results = {}
-    for system in systems:
-        results[system] = run_worker(system, config, scratch)
-        print(f"  [quality, {args.quality_size}, {args.quality_steps} steps] {system}: wall {results[system]['wall_s']:.1f}s",
-              flush=True)
+                  max_target_length=args.max_target_length, learning_rate=args.learning_rate, bf16=args.bf16)
+    seeds = [int(seed) for seed in args.quality_seeds.split(",") if seed]
+    runs = {system: [] for system in systems}
+    for seed in seeds:
+        for system in systems:
+            result = run_worker(system, dict(config, seed=seed), scratch)
+            runs[system].append(result)
+            print(f"  [quality, {args.quality_size}, {args.quality_steps} steps, seed {seed}] {system}: "
+                  f"wall {result['wall_s']:.1f}s, final loss {result['train_loss']:.3f}, "
+                  f"ROUGE-1 {result['eval_rouge1']:.2f}", flush=True)
+    results = {system: {key: median_of(system_runs, key) for key, _, _ in QUALITY_ROWS}
+               for system, system_runs in runs.items()}
+    runs_label = "one run each" if len(seeds) == 1 else f"medians of seeds {','.join(map(str, seeds))}"
     print_table(f"quality: {args.quality_size} model, {args.quality_steps} steps, batch {args.batch_size}, "
-                f"{args.quality_eval_examples} evaluation examples (one run each)", results, systems, QUALITY_ROWS)
+                f"{args.quality_eval_examples} evaluation examples ({runs_label})", results, systems, QUALITY_ROWS)
     if "baseline" not in results:
         return
-    for system in systems[1:] if systems[0] == "baseline" else [s for s in systems if s != "baseline"]:
+    if len(seeds) > 1:
+        loss_spread = spread_percent([run["train_loss"] for run in runs["baseline"]])
+        rouge_spread = spread([run["eval_rouge1"] for run in runs["baseline"]])
+        print(f"  noise: the baseline's final loss spans {loss_spread:.2f}% and its ROUGE-1 {rouge_spread:.2f} points "
+              f"across the {len(seeds)} seeds")
+    for system in [s for s in systems if s != "baseline"]:
         loss = 100 * abs(results[system]["train_loss"] / results["baseline"]["train_loss"] - 1)
         rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
         note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
         print(f"  {system}: final loss within {loss:.2f}% of the baseline's (target 2%), "
               f"ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
+
+
+def spread(values: list[float]) -> float:
+    return max(values) - min(values)
+
+
+def spread_percent(values: list[float]) -> float:
+    return 100 * spread(values) / statistics.median(values)
 
 
 def main() -> None:
@@ -397,12 +419,17 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--skip_memory", action="store_true", help="Skip the 10x-test-set prediction memory check.")
     parser.add_argument("--quality_steps", type=int, default=QUALITY_STEPS,
-                        help="Training steps of the quality comparison (one run per system, long enough for the models "
+                        help="Training steps of the quality comparison (one run per system and seed, long enough for the models "
                         "to learn the task); 0 skips it.")
     parser.add_argument("--quality_size", default=QUALITY_SIZE, help="Model size of the quality comparison.")
     parser.add_argument("--quality_systems", default="baseline,baseline-reseeded,seqtune-trainer,seqtune-loop",
                         help="Systems of the quality comparison; baseline-reseeded (the baseline with the next seed: "
-                        "only the batch order changes) shows how much loss and ROUGE move with the order alone.")
+                        "only the batch order changes) shows how much loss and ROUGE move with the order alone (with several "
+                        "--quality_seeds the baseline's spread shows it instead).")
+    parser.add_argument("--quality_seeds", default="0",
+                        help="Comma-separated training seeds of the quality comparison (e.g. 0,1,2): each system runs "
+                        "once per seed, the medians are compared and the baseline's spread across seeds is printed "
+                        "as the noise.")
     parser.add_argument("--quality_eval_examples", type=int, default=256,
                         help="Evaluation examples of the quality comparison (more: less sampling noise in ROUGE).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

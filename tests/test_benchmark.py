@@ -34,7 +34,8 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
                "--systems", "baseline,seqtune-trainer,seqtune-loop,seqtune-trainer-random",
                "--train_examples", "24", "--eval_examples", "8", "--test_examples", "4", "--steps", "3",
                "--batch_size", "4", "--eval_batch_size", "8", "--max_source_length", "256", "--max_target_length", "16",
-               "--quality_steps", "4", "--quality_size", "tiny", "--quality_eval_examples", "8", "--peak_tflops", "1"]
+               "--quality_steps", "4", "--quality_size", "tiny", "--quality_eval_examples", "8", "--quality_seeds", "0,1",
+               "--quality_systems", "baseline,baseline-reseeded,seqtune-trainer", "--peak_tflops", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
@@ -67,8 +68,17 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert re.search(r"floor \(bare PyTorch .*\): [\d.]+ ms/step, [\d.]+ samples/s", out), out
     for system in ["baseline", "seqtune-trainer", "seqtune-trainer-random"]:
         assert re.search(rf"  {system} +x1 +[\d.]+ MB +x10 +[\d.]+ MB +growth [+-][\d.]+%", out), out
-    assert re.search(r"== quality: tiny model, 4 steps", out), out
-    assert table_row(out.split("== quality")[1], "ROUGE-1")  # the quality table has its own rows
+    assert re.search(r"== quality: tiny model, 4 steps, .*\(medians of seeds 0,1\) ==", out), out
+    quality = out.split("== quality")[1]
+    # The seed reaches the run: the baseline with seed 1 is the reseeded baseline of seed 0 (seed + 1).
+    per_seed = {(seed, system): figures for seed, system, figures in
+                re.findall(r"seed (\d)\] (baseline(?:-reseeded)?): wall [\d.]+s, (final loss .*)", out)}
+    assert per_seed[("1", "baseline")] == per_seed[("0", "baseline-reseeded")], per_seed
+    # The table holds the medians of the seeds (two runs: their mean).
+    losses = [float(x) for x in re.findall(r"seed \d\] baseline: wall [\d.]+s, final loss ([\d.]+)", out)]
+    assert float(table_row(quality, "final train loss")[0]) == pytest.approx(sum(losses) / 2, abs=1.5e-3), quality
+    assert re.search(r"noise: the baseline's final loss spans [\d.]+% and its ROUGE-1 [\d.]+ points across the 2 seeds",
+                     out), out
     assert "baseline-reseeded: final loss within" in out and "(noise: the baseline in another order)" in out
     assert re.search(r"seqtune-trainer: final loss within [\d.]+% of the baseline's \(target 2%\), "
                      r"ROUGE-1 within [\d.]+ points \(target 0.3\)", out), out
