@@ -8,6 +8,7 @@ with the baseline's random batch order, seqtune computes exactly the baseline's 
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 import subprocess
@@ -114,3 +115,11 @@ def test_t5_small_size_has_the_shapes_of_google_t5_small():
     model = build_tiny_model(build_tokenizer(), kind="t5", size="t5-small")
     assert model.num_parameters() == 60_506_624  # google-t5/t5-small
     assert (model.config.d_model, model.config.num_layers, model.config.num_heads, model.config.vocab_size) == (512, 6, 8, 32128)
+
+
+def test_quality_seeds_are_integers_or_a_clear_usage_error():
+    bench = load_benchmark()
+    assert bench.seed_list("0, 1,2") == [0, 1, 2]
+    for bad in ["0,x", "", ","]:
+        with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+            bench.seed_list(bad)
