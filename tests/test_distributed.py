@@ -22,6 +22,7 @@ import pytest
 from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, UNKNOWN_WORD, free_port, run_script, synthetic_corpus, torchrun, write_jsonl
 
 from seqtune.checkpoints import list_checkpoints
+from seqtune.runtime import close_process_group
 
 STEPS = 4
 LOSS_TOLERANCE = 1e-4  # relative; observed differences are float noise (< 1e-6)
@@ -48,6 +49,8 @@ def read_lines(path) -> list[str]:
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    # A rank that left its process group to interpreter exit could abort after finishing (seen in CI).
+    assert "terminate called" not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +162,7 @@ def test_two_nodes_on_loopback_train_together(trap_model, world, single_process,
     outputs = [node.communicate(timeout=240) for node in nodes]
     for node, (_, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stderr[-4000:]
+        assert "terminate called" not in stderr
 
     # 2 nodes x 1 process x 2 examples = the single process's batch of 4, step by step.
     assert_same_losses(output_dir, single_process)
@@ -187,6 +191,18 @@ def test_non_finite_loss_on_one_process_stops_every_process(trap_model, world, t
     assert not any(name.startswith("checkpoint-3") for name in os.listdir(output_dir))
     assert not os.path.exists(output_dir / "model.safetensors")
     assert not os.path.exists(output_dir / "train_results.json")
+
+
+def test_close_process_group_shuts_torch_distributed_down(monkeypatch):
+    """What both scripts call at the end of a run, so no rank leaves its gloo threads to interpreter exit."""
+    import torch.distributed as dist
+
+    close_process_group()  # no process group: nothing to do
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    close_process_group()
+    assert not dist.is_initialized()
 
 
 # --------------------------------------------------------------------------- the Accelerate loop

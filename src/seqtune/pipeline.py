@@ -34,7 +34,8 @@ from .outputs import (
 )
 from .progress import configure_library_progress, phase
 from .report import build_report_at_end, save_report_examples
-from .xla import log_compilations, prepare_for_xla
+from .runtime import close_process_group
+from .xla import log_compilations, on_xla, prepare_for_xla
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ def finish(
     )
     log_compilations()  # on an XLA device: how many graphs were compiled
     finish_run(output_dir, model_files)
+    if not on_xla():  # xmp.spawn tears its replicas down itself
+        close_process_group()  # before the push, which only the main process does and which may take long
     logger.info("Outputs are in %s", os.path.abspath(output_dir))
     if hub is not None:
         hub.push_final(output_dir)

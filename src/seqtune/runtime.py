@@ -45,6 +45,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def close_process_group() -> None:
+    """Wait for every rank, then shut torch.distributed down (a no-op in a single process).
+
+    Left to interpreter exit, the process group's worker threads are torn down in no set
+    order, and a rank can abort with "terminate called without an active exception"
+    after all its work is done, turning a finished torchrun job into a failed one.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def setup_logging(log_level: str = "passive") -> None:
     """One log format for every script; non-main ranks only report warnings and errors.
 
