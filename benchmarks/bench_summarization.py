@@ -289,7 +289,7 @@ ROWS = [
     ("peak_rss_mb", "peak RSS (MB)", "lower"),
     ("peak_gpu_mb", "peak GPU memory (MB)", "lower"),
     ("mfu_percent", "model FLOPs util. (%)", "higher"),
-    ("train_loss", "final train loss", None),
+    ("train_loss", "train loss (run mean)", None),
     ("eval_rouge1", "ROUGE-1", None),
     ("eval_rougeL", "ROUGE-L", None),
 ]
@@ -333,7 +333,7 @@ def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS
 
 
 QUALITY_ROWS = [
-    ("train_loss", "final train loss", None),
+    ("train_loss", "train loss (run mean)", None),
     ("eval_loss", "eval loss", None),
     ("eval_rouge1", "ROUGE-1", None),
     ("eval_rouge2", "ROUGE-2", None),
@@ -373,7 +373,7 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
             result = run_worker(system, dict(config, seed=seed), scratch)
             runs[system].append(result)
             print(f"  [quality, {args.quality_size}, {args.quality_steps} steps, seed {seed}] {system}: "
-                  f"wall {result['wall_s']:.1f}s, final loss {result['train_loss']:.3f}, "
+                  f"wall {result['wall_s']:.1f}s, mean train loss {result['train_loss']:.3f}, "
                   f"ROUGE-1 {result['eval_rouge1']:.2f}", flush=True)
     results = {system: {key: median_of(system_runs, key) for key, _, _ in QUALITY_ROWS}
                for system, system_runs in runs.items()}
@@ -386,13 +386,13 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
     if len(seeds) > 1:
         loss_spread = spread_percent([run["train_loss"] for run in runs["baseline"]])
         rouge_spread = spread([run["eval_rouge1"] for run in runs["baseline"]])
-        print(f"  noise: the baseline's final loss spans {loss_spread:.2f}% and its ROUGE-1 {rouge_spread:.2f} points "
+        print(f"  noise: the baseline's mean train loss spans {loss_spread:.2f}% and its ROUGE-1 {rouge_spread:.2f} points "
               f"across the {len(seeds)} seeds")
     for system in [s for s in systems if s != "baseline"]:
         loss = 100 * abs(results[system]["train_loss"] / results["baseline"]["train_loss"] - 1)
         rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
         note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
-        print(f"  {system}: final loss within {loss:.2f}% of the baseline's (target 2%), "
+        print(f"  {system}: mean train loss within {loss:.2f}% of the baseline's (target 2%), "
               f"ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
 
 

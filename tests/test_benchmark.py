@@ -36,7 +36,8 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
                "--train_examples", "24", "--eval_examples", "8", "--test_examples", "4", "--steps", "3",
                "--batch_size", "4", "--eval_batch_size", "8", "--max_source_length", "256", "--max_target_length", "16",
                "--quality_steps", "4", "--quality_size", "tiny", "--quality_eval_examples", "8", "--quality_seeds", "0,1",
-               "--quality_systems", "baseline,baseline-reseeded,seqtune-trainer", "--peak_tflops", "1"]
+               "--quality_learning_rate", "2e-3", "--quality_systems", "baseline,baseline-reseeded,seqtune-trainer",
+               "--peak_tflops", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
@@ -59,7 +60,7 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert mfu[1] / mfu[0] == pytest.approx(speed[1] / speed[0], rel=0.02)
 
     # The baseline's random order: exactly the baseline's computation, so the same loss and ROUGE.
-    loss = table_row(out, "final train loss")
+    loss = table_row(out, "train loss (run mean)")
     assert loss[3] == loss[0] and loss[6] == "+0.000", loss
     rouge = table_row(out, "ROUGE-1")
     assert rouge[3] == rouge[0], rouge
@@ -69,19 +70,19 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert re.search(r"floor \(bare PyTorch .*\): [\d.]+ ms/step, [\d.]+ samples/s", out), out
     for system in ["baseline", "seqtune-trainer", "seqtune-trainer-random"]:
         assert re.search(rf"  {system} +x1 +[\d.]+ MB +x10 +[\d.]+ MB +growth [+-][\d.]+%", out), out
-    assert re.search(r"== quality: tiny model, 4 steps, .*\(medians of seeds 0,1\) ==", out), out
+    assert re.search(r"== quality: tiny model, 4 steps, lr 0.002, .*\(medians of seeds 0,1\) ==", out), out
     quality = out.split("== quality")[1]
     # The seed reaches the run: the baseline with seed 1 is the reseeded baseline of seed 0 (seed + 1).
     per_seed = {(seed, system): figures for seed, system, figures in
-                re.findall(r"seed (\d)\] (baseline(?:-reseeded)?): wall [\d.]+s, (final loss .*)", out)}
+                re.findall(r"seed (\d)\] (baseline(?:-reseeded)?): wall [\d.]+s, (mean train loss .*)", out)}
     assert per_seed[("1", "baseline")] == per_seed[("0", "baseline-reseeded")], per_seed
     # The table holds the medians of the seeds (two runs: their mean).
-    losses = [float(x) for x in re.findall(r"seed \d\] baseline: wall [\d.]+s, final loss ([\d.]+)", out)]
-    assert float(table_row(quality, "final train loss")[0]) == pytest.approx(sum(losses) / 2, abs=1.5e-3), quality
-    assert re.search(r"noise: the baseline's final loss spans [\d.]+% and its ROUGE-1 [\d.]+ points across the 2 seeds",
+    losses = [float(x) for x in re.findall(r"seed \d\] baseline: wall [\d.]+s, mean train loss ([\d.]+)", out)]
+    assert float(table_row(quality, "train loss (run mean)")[0]) == pytest.approx(sum(losses) / 2, abs=1.5e-3), quality
+    assert re.search(r"noise: the baseline's mean train loss spans [\d.]+% and its ROUGE-1 [\d.]+ points across the 2 seeds",
                      out), out
-    assert "baseline-reseeded: final loss within" in out and "(noise: the baseline in another order)" in out
-    assert re.search(r"seqtune-trainer: final loss within [\d.]+% of the baseline's \(target 2%\), "
+    assert "baseline-reseeded: mean train loss within" in out and "(noise: the baseline in another order)" in out
+    assert re.search(r"seqtune-trainer: mean train loss within [\d.]+% of the baseline's \(target 2%\), "
                      r"ROUGE-1 within [\d.]+ points \(target 0.3\)", out), out
 
 
@@ -115,6 +116,20 @@ def test_t5_small_size_has_the_shapes_of_google_t5_small():
     model = build_tiny_model(build_tokenizer(), kind="t5", size="t5-small")
     assert model.num_parameters() == 60_506_624  # google-t5/t5-small
     assert (model.config.d_model, model.config.num_layers, model.config.num_heads, model.config.vocab_size) == (512, 6, 8, 32128)
+
+
+def test_quality_learning_rate_defaults_per_model_size():
+    """The small model learns at 3e-4 and not at the tiny one's 1e-3; a size without a measured rate
+    falls back to --learning_rate, and --quality_learning_rate overrides every default."""
+    import argparse
+
+    bench = load_benchmark()
+
+    def rate(size, override=None):
+        return bench.quality_learning_rate(argparse.Namespace(quality_size=size, quality_learning_rate=override,
+                                                              learning_rate=5e-5))
+
+    assert (rate("tiny"), rate("small"), rate("base"), rate("small", 1e-4)) == (1e-3, 3e-4, 5e-5, 1e-4)
 
 
 def test_quality_seeds_are_integers_or_a_clear_usage_error():
