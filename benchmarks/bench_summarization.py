@@ -93,7 +93,7 @@ def worker_seqtune_trainer(config: dict, output_dir: str) -> dict:
     flags += ["--do_predict"] if config.get("predict_only") else ["--do_train", "--do_eval", "--do_predict"]
     flags += config.get("extra_flags", [])
     main(flags)
-    return normalise(read_results(output_dir))
+    return normalise(read_results(output_dir), logged_losses(output_dir), config["steps"])
 
 
 def worker_seqtune_trainer_random(config: dict, output_dir: str) -> dict:
@@ -114,12 +114,32 @@ def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
     flags = common_flags(config, output_dir)
     flags += ["--max_train_steps", str(config["steps"]), "--do_predict", "--num_train_epochs", "1000"]
     main(flags)
-    return normalise(read_results(output_dir))
+    return normalise(read_results(output_dir), logged_losses(output_dir), config["steps"])
 
 
-def normalise(results: dict) -> dict:
-    """The figures every system reports, under one set of names."""
+def logged_losses(output_dir: str) -> list[tuple[int, float]]:
+    """(step, training loss) as seqtune's scripts logged them (log_history.jsonl, every 10 steps here)."""
+    path = os.path.join(output_dir, "log_history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle]
+    return [(event["step"], event["loss"]) for event in events if event.get("event") == "train" and "loss" in event]
+
+
+def final_loss(losses: list[tuple[int, float]], steps: int):
+    """The training loss at the end of the run: the mean of the losses logged over the last 10% of the
+    steps (one logged value is noisy at batch 8), the last one logged if none falls there, None if none."""
+    if not losses:
+        return None
+    window = [loss for step, loss in losses if step > 0.9 * steps]
+    return statistics.mean(window) if window else losses[-1][1]
+
+
+def normalise(results: dict, losses: list[tuple[int, float]] = (), steps: int = 0) -> dict:
+    """The figures every system reports, under one set of names; `losses`: (step, loss) as logged."""
     return {
+        "final_train_loss": final_loss(list(losses), steps),
         "tokenize_s": results.get("tokenize_runtime"),
         "train_s": results.get("train_runtime"),
         "train_samples_per_s": results.get("train_samples_per_second"),
@@ -195,7 +215,8 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
     with open(os.path.join(output_dir, "generated_predictions.txt"), "w", encoding="utf-8") as handle:
         for text in tokenizer.batch_decode(generated, skip_special_tokens=True):
             handle.write(text.strip() + "\n")
-    return normalise(results)
+    history = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    return normalise(results, history, config["steps"])
 
 
 def worker_floor(config: dict, output_dir: str) -> dict:
@@ -333,6 +354,7 @@ def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS
 
 
 QUALITY_ROWS = [
+    ("final_train_loss", "train loss (last 10%)", None),
     ("train_loss", "train loss (run mean)", None),
     ("eval_loss", "eval loss", None),
     ("eval_rouge1", "ROUGE-1", None),
@@ -392,7 +414,10 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
         loss = 100 * abs(results[system]["train_loss"] / results["baseline"]["train_loss"] - 1)
         rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
         note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
-        print(f"  {system}: mean train loss within {loss:.2f}% of the baseline's (target 2%), "
+        final, base_final = results[system]["final_train_loss"], results["baseline"]["final_train_loss"]
+        final_note = (f"final train loss within {100 * abs(final / base_final - 1):.2f}%, "
+                      if final is not None and base_final else "")
+        print(f"  {system}: {final_note}mean train loss within {loss:.2f}% of the baseline's (target 2%), "
               f"ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
 
 

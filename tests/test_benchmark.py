@@ -35,7 +35,7 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
                "--systems", "baseline,seqtune-trainer,seqtune-loop,seqtune-trainer-random",
                "--train_examples", "24", "--eval_examples", "8", "--test_examples", "4", "--steps", "3",
                "--batch_size", "4", "--eval_batch_size", "8", "--max_source_length", "256", "--max_target_length", "16",
-               "--quality_steps", "4", "--quality_size", "tiny", "--quality_eval_examples", "8", "--quality_seeds", "0,1",
+               "--quality_steps", "10", "--quality_size", "tiny", "--quality_eval_examples", "8", "--quality_seeds", "0,1",
                "--quality_learning_rate", "2e-3", "--quality_systems", "baseline,baseline-reseeded,seqtune-trainer",
                "--peak_tflops", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=580, cwd=tmp_path)
@@ -70,7 +70,7 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert re.search(r"floor \(bare PyTorch .*\): [\d.]+ ms/step, [\d.]+ samples/s", out), out
     for system in ["baseline", "seqtune-trainer", "seqtune-trainer-random"]:
         assert re.search(rf"  {system} +x1 +[\d.]+ MB +x10 +[\d.]+ MB +growth [+-][\d.]+%", out), out
-    assert re.search(r"== quality: tiny model, 4 steps, lr 0.002, .*\(medians of seeds 0,1\) ==", out), out
+    assert re.search(r"== quality: tiny model, 10 steps, lr 0.002, .*\(medians of seeds 0,1\) ==", out), out
     quality = out.split("== quality")[1]
     # The seed reaches the run: the baseline with seed 1 is the reseeded baseline of seed 0 (seed + 1).
     per_seed = {(seed, system): figures for seed, system, figures in
@@ -81,8 +81,11 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert float(table_row(quality, "train loss (run mean)")[0]) == pytest.approx(sum(losses) / 2, abs=1.5e-3), quality
     assert re.search(r"noise: the baseline's mean train loss spans [\d.]+% and its ROUGE-1 [\d.]+ points across the 2 seeds",
                      out), out
-    assert "baseline-reseeded: mean train loss within" in out and "(noise: the baseline in another order)" in out
-    assert re.search(r"seqtune-trainer: mean train loss within [\d.]+% of the baseline's \(target 2%\), "
+    assert "baseline-reseeded: final train loss within" in out and "(noise: the baseline in another order)" in out
+    # Every system logged its loss at step 10, the last 10% of the steps: the final loss is that value.
+    assert all(float(cell) > 0 for cell in table_row(quality, "train loss (last 10%)")[:3]), quality
+    assert re.search(r"seqtune-trainer: final train loss within [\d.]+%, "
+                     r"mean train loss within [\d.]+% of the baseline's \(target 2%\), "
                      r"ROUGE-1 within [\d.]+ points \(target 0.3\)", out), out
 
 
@@ -130,6 +133,14 @@ def test_quality_learning_rate_defaults_per_model_size():
                                                               learning_rate=5e-5))
 
     assert (rate("tiny"), rate("small"), rate("base"), rate("small", 1e-4)) == (1e-3, 3e-4, 5e-5, 1e-4)
+
+
+def test_final_loss_is_the_mean_over_the_last_tenth_of_the_steps():
+    bench = load_benchmark()
+    logged = [(10, 4.0), (20, 3.0), (90, 2.0), (95, 1.0), (100, 0.5)]
+    assert bench.final_loss(logged, 100) == pytest.approx((1.0 + 0.5) / 2)  # steps 95 and 100 (> 90)
+    assert bench.final_loss(logged[:3], 100) == 2.0  # nothing logged after step 90: the last value
+    assert bench.final_loss([], 100) is None
 
 
 def test_quality_seeds_are_integers_or_a_clear_usage_error():
