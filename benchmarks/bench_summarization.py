@@ -118,13 +118,11 @@ def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
 
 
 def logged_losses(output_dir: str) -> list[tuple[int, float]]:
-    """(step, training loss) as seqtune's scripts logged them (log_history.jsonl, every 10 steps here)."""
-    path = os.path.join(output_dir, "log_history.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        events = [json.loads(line) for line in handle]
-    return [(event["step"], event["loss"]) for event in events if event.get("event") == "train" and "loss" in event]
+    """(step, training loss) as seqtune's scripts logged them (the run log, every 10 steps here)."""
+    from seqtune.report import read_log
+
+    return [(event["step"], event["loss"]) for event in read_log(output_dir)
+            if event.get("event") == "train" and "loss" in event]
 
 
 def final_loss(losses: list[tuple[int, float]], steps: int):
@@ -136,10 +134,10 @@ def final_loss(losses: list[tuple[int, float]], steps: int):
     return statistics.mean(window) if window else losses[-1][1]
 
 
-def normalise(results: dict, losses: list[tuple[int, float]] = (), steps: int = 0) -> dict:
+def normalise(results: dict, losses: list[tuple[int, float]], steps: int) -> dict:
     """The figures every system reports, under one set of names; `losses`: (step, loss) as logged."""
     return {
-        "final_train_loss": final_loss(list(losses), steps),
+        "final_train_loss": final_loss(losses, steps),
         "tokenize_s": results.get("tokenize_runtime"),
         "train_s": results.get("train_runtime"),
         "train_samples_per_s": results.get("train_samples_per_second"),
@@ -415,10 +413,12 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
         rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
         note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
         final, base_final = results[system]["final_train_loss"], results["baseline"]["final_train_loss"]
-        final_note = (f"final train loss within {100 * abs(final / base_final - 1):.2f}%, "
-                      if final is not None and base_final else "")
-        print(f"  {system}: {final_note}mean train loss within {loss:.2f}% of the baseline's (target 2%), "
-              f"ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
+        if final is not None and base_final:  # the target is on the final loss; the run mean where none was logged
+            verdict = (f"final train loss within {100 * abs(final / base_final - 1):.2f}% of the baseline's "
+                       f"(target 2%; run mean: {loss:.2f}%)")
+        else:
+            verdict = f"mean train loss within {loss:.2f}% of the baseline's (target 2%)"
+        print(f"  {system}: {verdict}, ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
 
 
 def seed_list(text: str) -> list[int]:
