@@ -156,6 +156,7 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
     """The Hugging Face example's pipeline, as plain as it is there."""
     import datasets
     import numpy as np
+    import torch
     from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
                               Seq2SeqTrainingArguments, set_seed)
 
@@ -199,6 +200,7 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
         max_steps=config["steps"], save_strategy="no", logging_steps=10, report_to="none", seed=config["seed"],
         predict_with_generate=True, generation_max_length=config["max_target_length"], disable_tqdm=True,
         dataloader_pin_memory=False, bf16=config.get("bf16", False),
+        use_cpu=not torch.cuda.is_available(),  # else transformers refuses --bf16 on a CPU-only machine
     )
     trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
                              processing_class=tokenizer, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -147,3 +148,25 @@ def test_quality_seeds_are_integers_or_a_clear_usage_error():
     for bad in ["0,x", "", ","]:
         with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
             bench.seed_list(bad)
+
+
+def test_gpu_bench_script_runs_both_parts_in_bf16(tmp_path):
+    """benchmarks/gpu_bench.sh, the one command for a GPU machine, on this CPU with the tiny model: both
+    parts run in bf16 (the baseline's Trainer too, which refuses bf16 on a CPU unless told use_cpu) and
+    write their tables to $OUT."""
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), WHEELS=str(tmp_path / "no-wheels"),
+               SIZE="tiny", SPEED_STEPS="2", REPEATS="1", QUALITY_STEPS="2", QUALITY_SYSTEMS="baseline,seqtune-loop",
+               BENCH_ARGS="--train_examples 16 --eval_examples 4 --test_examples 4 --quality_eval_examples 4 "
+                          "--max_source_length 128 --max_target_length 8")
+    result = subprocess.run(["bash", f"{REPO}/benchmarks/gpu_bench.sh", "run"], capture_output=True, text=True,
+                            timeout=580, cwd=tmp_path, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "gpu_bench: speed exit 0, quality exit 0" in result.stdout
+    speed = (tmp_path / "out" / "speed.txt").read_text()
+    assert "== tiny model, 16 train docs of ~100-1500 tokens, 2 steps, batch 32 (medians of 1) ==" in speed, speed
+    assert len(table_row(speed, "train samples/s")) == 3 + 2, speed
+    assert "floor (bare PyTorch" in speed and "== quality" not in speed and "prediction memory" not in speed
+    quality = (tmp_path / "out" / "quality.txt").read_text()
+    assert re.search(r"== quality: tiny model, 2 steps, lr 0.001, batch 32, 4 evaluation examples \(one run each\) ==",
+                     quality), quality
+    assert len(table_row(quality, "ROUGE-1")) == 2 + 1, quality

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The benchmark on one GPU, sized to finish in under ten minutes: t5-small shapes (60M parameters,
+# random weights) in bf16, speed (medians, with model FLOPs utilisation) and then a short quality run.
+#
+#   benchmarks/gpu_bench.sh wheels     # on a machine with PyPI: fetch what a bare GPU image lacks into .whl/
+#   benchmarks/gpu_bench.sh [run]      # on the GPU machine (offline is fine): install .whl/ if present, run
+#
+# `run` writes speed.txt and quality.txt into $OUT (or outputs/gpu-bench). Each part has its own time
+# limit, so a slow quality part never costs the speed figures. Knobs (environment):
+#   SIZE=t5-small SPEED_STEPS=100 REPEATS=2 BATCH=32 EVAL_BATCH=64 SPEED_LIMIT=300
+#   QUALITY_STEPS=600 QUALITY_SEEDS=0 QUALITY_SYSTEMS=baseline,seqtune-trainer,seqtune-loop QUALITY_LIMIT=330
+#   BENCH_ARGS="..." (more flags of bench_summarization.py, for both parts), WHEELS=.whl
+# The full comparison (3 seeds, 2,000 steps) is the README's `make bench` line for GPU machines.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+WHEELS="${WHEELS:-$REPO/.whl}"
+
+fetch_wheels() {
+    # Pure-Python packages (and regex, which transformers needs new) at the versions requirements.txt
+    # pins, for CPython 3.12 on x86_64; the image already holds torch, accelerate, tokenizers, numpy,
+    # pyarrow, pandas, huggingface_hub and the rest. rouge-score ships no wheel, so one is built.
+    # Versions: requirements.txt's pins, and for the packages it does not name, those that its pinned
+    # install resolves to (the .venv of `make install`).
+    local wanted=()
+    for name in transformers datasets nltk; do
+        wanted+=("$(grep -i "^$name==" "$REPO/requirements.txt")")
+    done
+    mkdir -p "$WHEELS"
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$WHEELS" "${wanted[@]}" regex==2026.11.19 fsspec==2026.9.0 dill==0.4.1 multiprocess==0.70.19 defusedxml==0.7.1 || exit 1
+    "$PY" -m pip wheel --quiet --no-deps -w "$WHEELS" "$(grep -i '^rouge-score==' "$REPO/requirements.txt")" || exit 1
+    ls -l "$WHEELS"
+    du -sh "$WHEELS"
+}
+
+run_bench() {
+    local out="${OUT:-$REPO/outputs/gpu-bench}"
+    mkdir -p "$out"
+    if compgen -G "$WHEELS/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/seqtune-site \
+            "$WHEELS"/*.whl || exit 1
+        export PYTHONPATH="/tmp/seqtune-site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+    "$PY" -c "import torch, transformers, datasets, accelerate, rouge_score, seqtune; print('torch', torch.__version__, \
+'| transformers', transformers.__version__, '| datasets', datasets.__version__, '| accelerate', accelerate.__version__, \
+'| cuda', torch.cuda.is_available())" || exit 1
+
+    local size="${SIZE:-t5-small}"
+    local extra=()
+    read -ra extra <<< "${BENCH_ARGS:-}"
+    local common=(--sizes "$size" --bf16 --batch_size "${BATCH:-32}" --eval_batch_size "${EVAL_BATCH:-64}" "${extra[@]}")
+    timeout "${SPEED_LIMIT:-300}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" \
+        --steps "${SPEED_STEPS:-100}" --repeats "${REPEATS:-2}" --skip_memory --quality_steps 0 2>&1 | tee "$out/speed.txt"
+    local speed=${PIPESTATUS[0]}
+    timeout "${QUALITY_LIMIT:-330}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" --repeats 0 \
+        --quality_size "$size" --quality_steps "${QUALITY_STEPS:-600}" --quality_seeds "${QUALITY_SEEDS:-0}" \
+        --quality_systems "${QUALITY_SYSTEMS:-baseline,seqtune-trainer,seqtune-loop}" 2>&1 | tee "$out/quality.txt"
+    local quality=${PIPESTATUS[0]}
+    echo "gpu_bench: speed exit $speed, quality exit $quality (124: hit its time limit); outputs in $out"
+    [ "$speed" -eq 0 ] && [ "$quality" -eq 0 ]
+}
+
+case "${1:-run}" in
+    wheels) fetch_wheels ;;
+    run) run_bench ;;
+    *) echo "usage: benchmarks/gpu_bench.sh [wheels|run]" >&2; exit 2 ;;
+esac
