@@ -316,6 +316,10 @@ ROWS = [
 ]
 
 
+RUN_FIGURES = [("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval+generate samples/s"),
+               ("mfu_percent", "MFU %"), ("peak_gpu_mb", "peak GPU MB")]
+
+
 def median_of(runs: list[dict], key: str):
     values = [run[key] for run in runs if run.get(key) is not None]
     return statistics.median(values) if values else None
@@ -532,7 +536,11 @@ def main() -> None:
                         if peak_flops:
                             result["mfu_percent"] = 100 * result["train_samples_per_s"] * flops_per_example / peak_flops
                     runs[system].append(result)
-                    print(f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s", flush=True)
+                    # Each run's figures as it ends: an invocation stopped before its table (a time limit) keeps them.
+                    figures = "".join(f", {label} {fmt(result.get(key))}" for key, label in RUN_FIGURES
+                                      if result.get(key) is not None)
+                    print(f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s{figures}",
+                          flush=True)
             medians = {system: {key: median_of(results, key) for key, _, _ in ROWS} for system, results in runs.items()}
             print_table(f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
                         f"batch {args.batch_size} (medians of {args.repeats})", medians, systems)

@@ -6,9 +6,10 @@
 #   benchmarks/gpu_bench.sh [run]      # on the GPU machine (offline is fine): install .whl/ if present, run
 #
 # `run` writes speed.txt and quality.txt into $OUT (or outputs/gpu-bench). Each part has its own time
-# limit, so a slow quality part never costs the speed figures. Knobs (environment):
-#   SIZE=t5-small SPEED_STEPS=100 REPEATS=2 BATCH=32 EVAL_BATCH=64 SPEED_LIMIT=300
-#   QUALITY_STEPS=600 QUALITY_SEEDS=0 QUALITY_SYSTEMS=baseline,seqtune-trainer,seqtune-loop QUALITY_LIMIT=330
+# limit, so a slow quality part never costs the speed figures; each speed run prints its figures as it
+# ends. The limits are guesses (no GPU run of it yet): ~30 s per speed run with start-up. Knobs (environment):
+#   SIZE=t5-small SPEED_STEPS=100 REPEATS=2 BATCH=32 EVAL_BATCH=64 SPEED_LIMIT=360
+#   QUALITY_STEPS=500 QUALITY_SEEDS=0 QUALITY_SYSTEMS=baseline,seqtune-trainer,seqtune-loop QUALITY_LIMIT=220
 #   BENCH_ARGS="..." (more flags of bench_summarization.py, for both parts), WHEELS=.whl
 # The full comparison (3 seeds, 2,000 steps) is the README's `make bench` line for GPU machines.
 set -uo pipefail
@@ -55,11 +56,11 @@ run_bench() {
     local extra=()
     read -ra extra <<< "${BENCH_ARGS:-}"
     local common=(--sizes "$size" --bf16 --batch_size "${BATCH:-32}" --eval_batch_size "${EVAL_BATCH:-64}" "${extra[@]}")
-    timeout "${SPEED_LIMIT:-300}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" \
+    timeout "${SPEED_LIMIT:-360}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" \
         --steps "${SPEED_STEPS:-100}" --repeats "${REPEATS:-2}" --skip_memory --quality_steps 0 2>&1 | tee "$out/speed.txt"
     local speed=${PIPESTATUS[0]}
-    timeout "${QUALITY_LIMIT:-330}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" --repeats 0 \
-        --quality_size "$size" --quality_steps "${QUALITY_STEPS:-600}" --quality_seeds "${QUALITY_SEEDS:-0}" \
+    timeout "${QUALITY_LIMIT:-220}" "$PY" "$REPO/benchmarks/bench_summarization.py" "${common[@]}" --repeats 0 \
+        --quality_size "$size" --quality_steps "${QUALITY_STEPS:-500}" --quality_seeds "${QUALITY_SEEDS:-0}" \
         --quality_systems "${QUALITY_SYSTEMS:-baseline,seqtune-trainer,seqtune-loop}" 2>&1 | tee "$out/quality.txt"
     local quality=${PIPESTATUS[0]}
     echo "gpu_bench: speed exit $speed, quality exit $quality (124: hit its time limit); outputs in $out"

@@ -43,6 +43,8 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
 
+    assert re.search(r"\[tiny run 1/1\] baseline: wall [\d.]+s, train samples/s [\d,.]+, eval\+generate samples/s "
+                     r"[\d,.]+, MFU % [\d,.]+", out), out
     # Every figure, for every system, then one ratio per seqtune system.
     for label in ["train samples/s", "eval+generate samples/s", "predict samples/s", "end-to-end wall (s)",
                   "tokenization (s)", "train tokens/s", "peak RSS (MB)", "model FLOPs util. (%)"]:
@@ -166,6 +168,9 @@ def test_gpu_bench_script_runs_both_parts_in_bf16(tmp_path):
     assert "== tiny model, 16 train docs of ~100-1500 tokens, 2 steps, batch 32 (medians of 1) ==" in speed, speed
     assert len(table_row(speed, "train samples/s")) == 3 + 2, speed
     assert "floor (bare PyTorch" in speed and "== quality" not in speed and "prediction memory" not in speed
+    # Each run's figures are printed as it ends (kept when a time limit stops the table).
+    assert re.search(r"\[tiny run 1/1\] seqtune-trainer: wall [\d.]+s, train samples/s [\d,.]+, "
+                     r"eval\+generate samples/s [\d,.]+", speed), speed
     quality = (tmp_path / "out" / "quality.txt").read_text()
     assert re.search(r"== quality: tiny model, 2 steps, lr 0.001, batch 32, 4 evaluation examples \(one run each\) ==",
                      quality), quality
