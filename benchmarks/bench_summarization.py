@@ -328,6 +328,8 @@ def median_of(runs: list[dict], key: str):
 def fmt(value) -> str:
     if value is None:
         return "-"
+    if 0 < abs(value) < 0.1:  # a training loss near zero: enough digits to compare
+        return f"{value:.5f}"
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
 
 
@@ -346,7 +348,8 @@ def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS
         for system in ratios:
             value = medians[system].get(key)
             if better is None or value is None or base in (None, 0):
-                ratio = (f"{value - base:+.3f}" if None not in (value, base) else "-")
+                digits = 5 if base is not None and 0 < abs(base) < 0.1 else 3
+                ratio = (f"{value - base:+.{digits}f}" if None not in (value, base) else "-")
             elif better == "higher":
                 ratio = f"{value / base:.2f}x"
             else:
@@ -400,7 +403,7 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
             runs[system].append(result)
             print(f"  [quality, {args.quality_size}, {args.quality_steps} steps, seed {seed}] {system}: "
                   f"wall {result['wall_s']:.1f}s, mean train loss {result['train_loss']:.3f}, "
-                  f"ROUGE-1 {result['eval_rouge1']:.2f}", flush=True)
+                  f"final train loss {fmt(result.get('final_train_loss'))}, ROUGE-1 {result['eval_rouge1']:.2f}", flush=True)
     results = {system: {key: median_of(system_runs, key) for key, _, _ in QUALITY_ROWS}
                for system, system_runs in runs.items()}
     runs_label = "one run each" if len(seeds) == 1 else f"medians of seeds {','.join(map(str, seeds))}"

@@ -79,6 +79,8 @@ def test_benchmark_prints_figures_ratios_floor_memory_and_quality(tmp_path):
     per_seed = {(seed, system): figures for seed, system, figures in
                 re.findall(r"seed (\d)\] (baseline(?:-reseeded)?): wall [\d.]+s, (mean train loss .*)", out)}
     assert per_seed[("1", "baseline")] == per_seed[("0", "baseline-reseeded")], per_seed
+    assert re.search(r"seed 0\] seqtune-trainer: wall [\d.]+s, mean train loss [\d.]+, final train loss [\d.]+, "
+                     r"ROUGE-1 [\d.]+", out), out
     # The table holds the medians of the seeds (two runs: their mean).
     losses = [float(x) for x in re.findall(r"seed \d\] baseline: wall [\d.]+s, mean train loss ([\d.]+)", out)]
     assert float(table_row(quality, "train loss (run mean)")[0]) == pytest.approx(sum(losses) / 2, abs=1.5e-3), quality
@@ -175,3 +177,17 @@ def test_gpu_bench_script_runs_both_parts_in_bf16(tmp_path):
     assert re.search(r"== quality: tiny model, 2 steps, lr 0.001, batch 32, 4 evaluation examples \(one run each\) ==",
                      quality), quality
     assert len(table_row(quality, "ROUGE-1")) == 2 + 1, quality
+
+
+def test_table_keeps_the_digits_of_a_loss_near_zero(capsys):
+    """A memorised training set ends with a loss near 0.01: three decimals would hide a 10% difference."""
+    bench = load_benchmark()
+    assert (bench.fmt(0.00954), bench.fmt(0.555), bench.fmt(1234.5), bench.fmt(0.0), bench.fmt(None)) == \
+        ("0.00954", "0.555", "1,234.5", "0.000", "-")
+    medians = {"baseline": {"final_train_loss": 0.01036, "eval_rouge1": 93.4},
+               "seqtune-loop": {"final_train_loss": 0.00912, "eval_rouge1": 93.43}}
+    bench.print_table("t", medians, ["baseline", "seqtune-loop"], rows=[("final_train_loss", "loss", None),
+                                                                       ("eval_rouge1", "ROUGE-1", None)])
+    out = capsys.readouterr().out
+    assert table_row(out, "loss") == ["0.01036", "0.00912", "-0.00124"], out
+    assert table_row(out, "ROUGE-1") == ["93.400", "93.430", "+0.030"], out
