@@ -5,7 +5,7 @@
 #   benchmarks/gpu_bench.sh wheels     # on a machine with PyPI: fetch what a bare GPU image lacks into .whl/
 #   benchmarks/gpu_bench.sh [run]      # on the GPU machine (offline is fine): install .whl/ if present, run
 #
-# `run` writes speed.txt and quality.txt into $OUT (or outputs/gpu-bench). Each part has its own time
+# `run` writes speed.txt and quality.txt into $OUT (or a new outputs/gpu-bench-DATE-TIME/). Each part has its own time
 # limit, so a slow quality part never costs the speed figures; each speed run prints its figures as it
 # ends. The limits are guesses (no GPU run of it yet): ~30 s per speed run with start-up. Knobs (environment):
 #   SIZE=t5-small SPEED_STEPS=100 REPEATS=2 BATCH=32 EVAL_BATCH=64 SPEED_LIMIT=360
@@ -25,20 +25,23 @@ fetch_wheels() {
     # Versions: requirements.txt's pins, and for the packages it does not name, those that its pinned
     # install resolves to (the .venv of `make install`).
     local wanted=()
-    for name in transformers datasets nltk; do
-        wanted+=("$(grep -i "^$name==" "$REPO/requirements.txt")")
+    local name pin
+    for name in transformers datasets nltk rouge-score; do
+        pin="$(grep -i "^$name==" "$REPO/requirements.txt")"
+        [ -n "$pin" ] || { echo "gpu_bench: requirements.txt pins no $name (expected a line '$name==VERSION')" >&2; exit 1; }
+        wanted+=("$pin")
     done
     mkdir -p "$WHEELS"
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$WHEELS" "${wanted[@]}" regex==2026.11.19 fsspec==2026.9.0 dill==0.4.1 multiprocess==0.70.19 defusedxml==0.7.1 || exit 1
-    "$PY" -m pip wheel --quiet --no-deps -w "$WHEELS" "$(grep -i '^rouge-score==' "$REPO/requirements.txt")" || exit 1
+        -d "$WHEELS" "${wanted[@]:0:3}" regex==2026.11.19 fsspec==2026.9.0 dill==0.4.1 multiprocess==0.70.19 defusedxml==0.7.1 || exit 1
+    "$PY" -m pip wheel --quiet --no-deps -w "$WHEELS" "${wanted[3]}" || exit 1
     ls -l "$WHEELS"
     du -sh "$WHEELS"
 }
 
 run_bench() {
-    local out="${OUT:-$REPO/outputs/gpu-bench}"
+    local out="${OUT:-$REPO/outputs/gpu-bench-$(date +%Y%m%d-%H%M%S)}"  # a new folder: no earlier tables lost
     mkdir -p "$out"
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/seqtune-site \
@@ -50,7 +53,11 @@ run_bench() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
     "$PY" -c "import torch, transformers, datasets, accelerate, rouge_score, seqtune; print('torch', torch.__version__, \
 '| transformers', transformers.__version__, '| datasets', datasets.__version__, '| accelerate', accelerate.__version__, \
-'| cuda', torch.cuda.is_available())" || exit 1
+'| cuda', torch.cuda.is_available())" || {
+        echo "gpu_bench: $PY cannot import a requirement (above). Install requirements.txt there, or on an offline" \
+             "GPU image carry wheels: run 'benchmarks/gpu_bench.sh wheels' on a machine with PyPI first." >&2
+        exit 1
+    }
 
     local size="${SIZE:-t5-small}"
     local extra=()

@@ -191,3 +191,22 @@ def test_table_keeps_the_digits_of_a_loss_near_zero(capsys):
     out = capsys.readouterr().out
     assert table_row(out, "loss") == ["0.01036", "0.00912", "-0.00124"], out
     assert table_row(out, "ROUGE-1") == ["93.400", "93.430", "+0.030"], out
+
+
+def test_gpu_bench_script_says_what_is_missing_and_rejects_unknown_commands(tmp_path):
+    """A Python without seqtune's requirements (here: site-packages switched off) stops the run at once with
+    one line that says how to get them; an unknown subcommand is a usage error."""
+    bare_python = tmp_path / "python"
+    bare_python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -I "$@"\n')
+    bare_python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(bare_python), OUT=str(tmp_path / "out"), WHEELS=str(tmp_path / "no-wheels"))
+    result = subprocess.run(["bash", f"{REPO}/benchmarks/gpu_bench.sh", "run"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "gpu_bench: " + str(bare_python) + " cannot import a requirement" in result.stderr, result.stderr
+    assert "benchmarks/gpu_bench.sh wheels" in result.stderr and "speed" not in result.stdout
+    assert not (tmp_path / "out" / "speed.txt").exists()
+
+    result = subprocess.run(["bash", f"{REPO}/benchmarks/gpu_bench.sh", "bench"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 2 and "usage: benchmarks/gpu_bench.sh [wheels|run]" in result.stderr, result.stderr
