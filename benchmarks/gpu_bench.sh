@@ -21,7 +21,9 @@ WHEELS="${WHEELS:-$REPO/.whl}"
 # Where the run installs the carried wheels. The name must hold 'site-packages': dill (datasets' hasher)
 # pickles a module found anywhere else by value, and pyarrow's cannot be (Dataset.from_dict then fails).
 SITE="${SITE:-/tmp/seqtune-wheels/site-packages}"
-# Members of the pyarrow wheel that seqtune never loads (see fetch_wheels).
+# The carried pyarrow (what requirements.txt's install resolves to) and the members of its wheel that
+# seqtune never loads (see fetch_wheels).
+PYARROW_VERSION=26.0.1
 PYARROW_UNUSED=("pyarrow/include/*" "pyarrow/tests/*" "pyarrow/src/*" "pyarrow/*flight*" "pyarrow/*s3*")
 
 fetch_wheels() {
@@ -41,13 +43,13 @@ fetch_wheels() {
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS" \
         "${wanted[@]:0:3}" regex==2026.11.19 fsspec==2026.9.0 dill==0.4.1 multiprocess==0.70.19 defusedxml==0.7.1 \
-        pyarrow==26.0.1 || exit 1
+        "pyarrow==$PYARROW_VERSION" || exit 1
     "$PY" -m pip wheel --quiet --no-deps -w "$WHEELS" "${wanted[3]}" || exit 1
     # pyarrow is for an image whose own is older than datasets needs (the run installs it only then).
     # Whole (55 MB), it and the rest would not fit in the 64 MiB a device call carries; seqtune needs
     # neither its Flight nor its S3 (a third of it), which pyarrow loads only when asked, nor its headers
     # and tests.
-    "$PY" "$REPO/benchmarks/gpu_wheels.py" slim "$WHEELS"/pyarrow-26.0.1-*.whl "${PYARROW_UNUSED[@]}" || exit 1
+    "$PY" "$REPO/benchmarks/gpu_wheels.py" slim "$WHEELS"/pyarrow-"$PYARROW_VERSION"-*.whl "${PYARROW_UNUSED[@]}" || exit 1
     ls -l "$WHEELS"
     du -sh "$WHEELS"
 }
