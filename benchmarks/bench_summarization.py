@@ -32,12 +32,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
 SYSTEMS = ("baseline", "seqtune-trainer", "seqtune-loop")
-# The quality comparison's default: the tiny model, 1,000 steps (about an hour for the four systems on a
-# 2-core CPU), where it has learned the task (ROUGE-1 ~ 99), not only a template.
+# The quality comparison's default: the tiny model, for enough steps that it learns the task, not only a
+# template, in a run a CPU finishes (its time and ROUGE: benchmarks/results/NOTES.md).
 QUALITY_SIZE, QUALITY_STEPS = "tiny", 1000
-# Learning rate of the quality runs, per model size. The small model barely learns at the tiny one's 1e-3
-# (gradient-norm spikes; ROUGE-1 51 after 400 steps, 60 after 2,000) and learns at 3e-4 (ROUGE-1 88 after
-# 400 steps); measured on the 2-core CPU, seqtune-trainer, seed 0. t5-small: the same, not measured.
+# Learning rate of the quality runs, per model size: the small model barely learns at the tiny one's 1e-3 and
+# learns at 3e-4; t5-small takes the small model's rate (measurements: benchmarks/results/NOTES.md).
 QUALITY_LEARNING_RATES = {"tiny": 1e-3, "small": 3e-4, "t5-small": 3e-4}
 
 
@@ -85,7 +84,7 @@ def read_results(output_dir: str) -> dict:
 
 
 def worker_seqtune_trainer(config: dict, output_dir: str) -> dict:
-    from seqtune.train_trainer import main
+    from seqtune.recipes.trainer import main
 
     flags = common_flags(config, output_dir, config.get("test_key", "test"))
     flags += ["--report_to", "none", "--max_steps", str(config["steps"]), "--save_strategy", "no",
@@ -109,7 +108,7 @@ def worker_baseline_reseeded(config: dict, output_dir: str) -> dict:
 
 
 def worker_seqtune_loop(config: dict, output_dir: str) -> dict:
-    from seqtune.train_loop import main
+    from seqtune.recipes.accelerate_loop import main
 
     flags = common_flags(config, output_dir)
     flags += ["--max_train_steps", str(config["steps"]), "--do_predict", "--num_train_epochs", "1000"]

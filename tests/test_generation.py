@@ -46,7 +46,7 @@ def test_predictions_are_written_in_input_order_across_windows(trap_model, tmp_p
     """With windows of 4, the 11 test examples go through 3 sorted windows; every line must be the
     summary of its own input (the trap model's summaries differ from input to input). Batches of
     one, so that padding cannot change a summary and only the order is tested."""
-    from seqtune.train_trainer import main
+    from seqtune.recipes.trainer import main
 
     rows = synthetic_corpus(40, seed=11)
     files = {"train": write_jsonl(str(tmp_path / "train.jsonl"), rows[:20]),

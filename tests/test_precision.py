@@ -15,17 +15,17 @@ import pytest
 import torch
 from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, UNKNOWN_WORD, quick_args, run_script, synthetic_corpus, write_jsonl
 
-from seqtune import train_loop, train_trainer
+from seqtune.recipes import accelerate_loop as train_loop, trainer as train_trainer
 from seqtune.checkpoints import list_checkpoints
 from seqtune.errors import UserError
+from seqtune.arguments import check_mixed_precision
 from seqtune.precision import (
     NonFiniteLossError,
-    accelerator_available,
     check_loss_is_finite,
-    check_mixed_precision,
     non_finite_loss_message,
     warn_fp16_overflow,
 )
+from seqtune.runtime import accelerator_available
 
 no_gpu = pytest.mark.skipif(accelerator_available(), reason="this machine has a GPU: --fp16 is allowed there")
 FP16_REFUSED = ("seqtune: error: --fp16 needs a CUDA GPU and none is visible. "

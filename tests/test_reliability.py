@@ -41,9 +41,9 @@ def snapshot(folder) -> dict:
 def run_recipe(script: str, argv: list[str]):
     """Run a recipe in-process; a user error comes back as its exit code."""
     if script == TRAINER_SCRIPT:
-        from seqtune.train_trainer import main
+        from seqtune.recipes.trainer import main
     else:
-        from seqtune.train_loop import main
+        from seqtune.recipes.accelerate_loop import main
     try:
         return main(argv)
     except SystemExit as exit_:
@@ -220,7 +220,7 @@ def test_an_unwritable_output_dir_is_a_clear_error_at_start(t5_model, corpus_fil
              for out in (locked / "out", locked / "new" / "out")]
     program = (
         "import sys, json\n"
-        "from seqtune.train_trainer import main\n"
+        "from seqtune.recipes.trainer import main\n"
         "for argv in json.loads(sys.argv[1]):\n"
         "    try:\n"
         "        main(argv)\n"

@@ -16,7 +16,7 @@ import shutil
 import pytest
 from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, quick_args, run_script
 
-from seqtune.arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
+from seqtune.arguments import DataArguments, LoopArguments, ModelArguments, TrainerArguments, parse_arguments
 from seqtune.errors import UserError
 from seqtune.modeling import load_model_and_tokenizer
 
@@ -131,8 +131,7 @@ def remote_code_model(t5_model, tmp_path, monkeypatch) -> tuple[str, str]:
 def test_trust_remote_code_is_off_unless_passed(loop, tmp_path):
     argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path)]
     if loop:
-        train_loop = pytest.importorskip("seqtune.train_loop")
-        types = (ModelArguments, DataArguments, train_loop.LoopArguments)
+        types = (ModelArguments, DataArguments, LoopArguments)
     else:
         types = (ModelArguments, DataArguments, TrainerArguments)
     assert parse_arguments(types, argv)[0].trust_remote_code is False

@@ -86,7 +86,7 @@ def test_help_lists_the_flags_of_the_hugging_face_script():
 
 
 def test_bad_loop_flags_are_user_errors(t5_model, corpus_files, tmp_path):
-    from seqtune.train_loop import main
+    from seqtune.recipes.accelerate_loop import main
 
     for extra in (["--checkpointing_steps", "soon"], ["--gradient_accumulation_steps", "0"], ["--lr_scheduler_type", "x"]):
         with pytest.raises(SystemExit) as exit_:
@@ -215,7 +215,7 @@ def test_loss_and_weights_match_the_trainer_script(t5_model, corpus_files, tmp_p
     assert any(not torch.equal(trained[name], weights(t5_model)[name]) for name in trained)  # it did train
 
     # A Trainer checkpoint is not something the loop can resume from: a clear error, at once.
-    from seqtune.train_loop import main
+    from seqtune.recipes.accelerate_loop import main
 
     with pytest.raises(SystemExit) as exit_:
         main(loop_args(t5_model, corpus_files, tmp_path / "refused", "--resume_from_checkpoint",

@@ -10,7 +10,7 @@ import yaml
 from conftest import TRAINER_SCRIPT, cnn_rows, put_in_hf_cache, quick_args, run_script, write_hub_layout
 
 from seqtune.demo import make_base_model
-from seqtune.train_trainer import main
+from seqtune.recipes.trainer import main
 
 ROUGE_KEYS = ["eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"]
 

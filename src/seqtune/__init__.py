@@ -1,8 +1,8 @@
 """seqtune: fine-tune sequence-to-sequence models from the command line.
 
-One shared core (arguments, data, modeling, metrics, checkpoints, outputs) and thin
-entry points: the Trainer recipe (`train_trainer`) and the Accelerate recipe
-(`train_loop`).
+One shared core (arguments, data, modeling, generation, metrics, checkpoints, outputs)
+and thin entry points: the recipes in `seqtune.recipes` (the Trainer one and the
+Accelerate one), each a `main` that reads top to bottom.
 """
 
 __version__ = "0.1.0"

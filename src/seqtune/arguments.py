@@ -1,9 +1,11 @@
-"""Command-line arguments: dataclasses with help text, shared by every script.
+"""Every flag of every recipe, as dataclasses with help text; each value is checked here, once.
 
 `ModelArguments` and `DataArguments` are the same objects for the Trainer and the
-Accelerate scripts; each loop adds its own dataclass (`TrainerArguments` here,
-`LoopArguments` in `train_loop`). `parse_arguments` reads them from the command line
-(`--flag 4` and `--flag=4`) or from one JSON/YAML file given as the only argument.
+Accelerate scripts; each recipe adds its own dataclass on the shared `OutputArguments`
+(`TrainerArguments`: transformers' Seq2SeqTrainingArguments plus older flags;
+`LoopArguments`: the Hugging Face no_trainer script's flags). `parse_arguments` reads them
+from the command line (`--flag 4` and `--flag=4`) or from one JSON/YAML file given as the
+only argument. Nothing is written before every value has been checked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .errors import UserError
+from .runtime import accelerator_available
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Resize the model's position embeddings when --max_source_length is larger "
-            "than they allow (default: refuse with an error)."
+            "than they allow (default: resize, with a warning, where the model can; False: refuse)."
         },
     )
 
@@ -156,9 +159,22 @@ class DataArguments:
 LEGACY_FLAG_HELP = "(compatibility flag from older transformers; mapped onto today's equivalent)"
 
 
+def check_mixed_precision(fp16: bool, bf16: bool, use_cpu: bool = False) -> None:
+    """Refuse precision flags this machine cannot honour, with the fix in the message."""
+    if fp16 and bf16:
+        raise UserError(
+            "--fp16 and --bf16 were both given. Fix: pass one of them (--bf16 on CPUs and Ampere or newer GPUs)."
+        )
+    if fp16 and (use_cpu or not accelerator_available()):
+        where = "--use_cpu was given" if use_cpu else "none is visible"
+        raise UserError(
+            f"--fp16 needs a CUDA GPU and {where}. Fix: use --bf16 for mixed precision on a CPU, or drop --fp16."
+        )
+
+
 @dataclass
-class TrainerArguments(Seq2SeqTrainingArguments):
-    """transformers' Seq2SeqTrainingArguments plus the flags older commands still pass."""
+class OutputArguments:
+    """Where a run writes, and whether it may start afresh there: the same for every recipe."""
 
     output_dir: str | None = field(
         default=None, metadata={"help": "Where checkpoints, the final model and all results are written (required)."}
@@ -170,6 +186,17 @@ class TrainerArguments(Seq2SeqTrainingArguments):
             "there are replaced. Without it, a run resumes from the newest complete checkpoint."
         },
     )
+
+    def check_output_dir(self) -> None:
+        if not self.output_dir:
+            raise UserError("--output_dir is required: the folder where the model and results go.")
+        self.output_dir = os.path.expanduser(self.output_dir)  # "~/tmp/..." from a config file or a quoted flag
+
+
+@dataclass
+class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
+    """transformers' Seq2SeqTrainingArguments plus the flags older commands still pass."""
+
     push_to_hub_model_id: str | None = field(
         default=None, metadata={"help": f"Same as --hub_model_id {LEGACY_FLAG_HELP}."}
     )
@@ -206,8 +233,7 @@ class TrainerArguments(Seq2SeqTrainingArguments):
         return {key: (None if key.endswith("_token") and value else value) for key, value in self.__dict__.items()}
 
     def __post_init__(self):
-        if not self.output_dir:
-            raise UserError("--output_dir is required: the folder where the model and results go.")
+        self.check_output_dir()
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.push_to_hub_model_id and not self.hub_model_id:
@@ -217,8 +243,6 @@ class TrainerArguments(Seq2SeqTrainingArguments):
         if self.no_cuda:
             self.use_cpu = True
         import torch
-
-        from .precision import accelerator_available, check_mixed_precision
 
         check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
         if not accelerator_available():
@@ -231,6 +255,138 @@ class TrainerArguments(Seq2SeqTrainingArguments):
             super().__post_init__()
         except ValueError as error:
             raise UserError(f"invalid training arguments: {error}") from None
+
+
+# The schedules of transformers.get_scheduler that need no extra arguments.
+SCHEDULER_TYPES = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+)
+
+
+@dataclass
+class LoopArguments(OutputArguments):
+    """The loop's own flags (those of the Hugging Face no_trainer script, plus a few of the Trainer's)."""
+
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per process."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (after warm-up)."})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay (not applied to biases and normalisation weights)."}
+    )
+    num_train_epochs: int = field(default=3, metadata={"help": "Passes over the training data."})
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Total optimizer steps; when given, overrides --num_train_epochs."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches whose gradients are summed before each optimizer step."}
+    )
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"help": "Learning-rate schedule after warm-up.", "choices": list(SCHEDULER_TYPES)}
+    )
+    num_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up from 0."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping), as the Trainer does."}
+    )
+    fp16: bool = field(
+        default=False,
+        metadata={"help": "Mixed precision with float16 (CUDA GPUs; T5-family models overflow in it: prefer --bf16)."},
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "Mixed precision with bfloat16 (CPUs, Ampere or newer GPUs). Without --fp16/--bf16, "
+                  "`accelerate launch --mixed_precision` decides."},
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "Compile the model's forward pass with torch.compile (pays off on GPUs for long runs; the "
+                  "first steps are slower while it compiles). The same flag as the Trainer script's."},
+    )
+    torch_compile_backend: str | None = field(
+        default=None, metadata={"help": 'torch.compile backend (implies --torch_compile; default "inductor").'}
+    )
+    torch_compile_mode: str | None = field(
+        default=None,
+        metadata={"help": 'torch.compile mode (implies --torch_compile): "default", "reduce-overhead", "max-autotune".'},
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={
+            "help": "Training order: 'group_by_length' (default: random groups of similar length, less padding, "
+            "faster; the same order as the Trainer script's) or 'random'.",
+            "choices": ["group_by_length", "random"],
+        },
+    )
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seed for initialisation, dropout and the order of the training data (resume needs the same)."},
+    )
+    checkpointing_steps: str | None = field(
+        default=None,
+        metadata={"help": 'Save a resumable checkpoint every N optimizer steps (a number), or after every epoch ("epoch").'},
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints (the oldest are deleted)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from this checkpoint folder. Without it, a run in a non-empty --output_dir resumes "
+            "from the newest complete checkpoint there."
+        },
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimizer steps."})
+    do_predict: bool = field(
+        default=False,
+        metadata={"help": "After training, generate summaries for the test split (--test_file) into generated_predictions.txt."},
+    )
+    with_tracking: bool = field(
+        default=False, metadata={"help": "Log losses and metrics to experiment trackers (see --report_to)."}
+    )
+    report_to: str = field(
+        default="all",
+        metadata={
+            "help": 'Trackers for --with_tracking: "all" (every installed one), "none", or a comma-separated list '
+            "such as tensorboard,wandb."
+        },
+    )
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Upload to the Hugging Face hub: each checkpoint (into last-checkpoint/) and the final model "
+                  "with its card. The hub and the token are checked before training."},
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repository for --push_to_hub (default: named after --output_dir)."}
+    )
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Token for --push_to_hub (default: HF_TOKEN, then the stored `hf auth login`). Never written to any file."}
+    )
+
+    def __post_init__(self):
+        self.check_output_dir()
+        check_mixed_precision(self.fp16, self.bf16)  # before anything is written
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "num_train_epochs", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise UserError(f"--max_train_steps must be at least 1, got {self.max_train_steps}.")
+        if self.num_warmup_steps < 0:
+            raise UserError(f"--num_warmup_steps cannot be negative, got {self.num_warmup_steps}.")
+        if self.torch_compile_backend or self.torch_compile_mode:  # as the Trainer's arguments do
+            self.torch_compile = True
+        steps = self.checkpointing_steps
+        if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
+            raise UserError(f'--checkpointing_steps must be a positive number or "epoch", got {steps!r}.')
+
+    # The loop always trains and evaluates (the names the shared set-up reads).
+    do_train = property(lambda self: True)
+    do_eval = property(lambda self: True)
+
+    @property
+    def checkpoint_every(self) -> int | None:
+        """Steps between checkpoints (None: by epoch or never)."""
+        return int(self.checkpointing_steps) if self.checkpointing_steps not in (None, "epoch") else None
 
 
 def _normalise_config_keys(config: dict, dataclass_types) -> dict:

@@ -3,7 +3,7 @@
 the training curve from the report, the source prefix, seqtune's version and the command
 line (tokens redacted).
 
-`pipeline.finish` gathers the facts for both recipes; `write_model_card` renders them.
+`recipes.common.wrap_up_run` gathers the facts for both recipes; `write_model_card` renders them.
 The metadata block names the base model only when it is a hub id, so that a card written
 from a local model folder still passes the hub's metadata validation.
 """

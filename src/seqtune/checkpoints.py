@@ -22,6 +22,7 @@ import shutil
 import time
 
 from .errors import UserError
+from .runtime import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -74,31 +75,40 @@ def _files_with_sizes(folder: str) -> dict[str, int]:
 
 
 def write_manifest(folder: str, step: int, extra: dict | None = None) -> None:
-    """Flush every file of `folder`, then write its manifest last (also flushed)."""
-    for root, _, names in os.walk(folder):
-        for name in names:
-            _fsync_path(os.path.join(root, name))
-        _fsync_path(root)
+    """Write the manifest of a staged checkpoint: its files and their sizes (`publish` flushes it all)."""
     manifest = {"step": step, "files": _files_with_sizes(folder), "written_at": time.time()}
     if extra:
         manifest.update(extra)
-    temporary = os.path.join(folder, MANIFEST_NAME + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with open(os.path.join(folder, MANIFEST_NAME), "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, os.path.join(folder, MANIFEST_NAME))
-    _fsync_path(folder)
+
+
+def publish(staged: str, final: str) -> str:
+    """Make a fully written file or folder visible at `final` in one step: flush it to disk, then rename.
+
+    The one atomic publish of seqtune: checkpoints, the final model's files and small result
+    files all appear this way, so a kill at any instant leaves the old version or the new one.
+    An existing folder at `final` (an incomplete one of a killed run) is renamed away first.
+    """
+    if os.path.isdir(staged):
+        for root, _, names in os.walk(staged):
+            for name in names:
+                _fsync_path(os.path.join(root, name))
+            _fsync_path(root)
+        if os.path.isdir(final):
+            _remove_tree(final)
+        os.rename(staged, final)
+    else:
+        _fsync_path(staged)
+        os.replace(staged, final)
+    _fsync_path(os.path.dirname(os.path.abspath(final)))
+    return final
 
 
 def publish_checkpoint(staged: str, output_dir: str, step: int, extra: dict | None = None) -> str:
-    """Make a fully written staging folder visible as output_dir/checkpoint-`step`."""
+    """Make a fully written staging folder visible as output_dir/checkpoint-`step` (manifest last)."""
     write_manifest(staged, step, extra)
-    final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    if os.path.exists(final):  # e.g. an incomplete folder of the same step from a killed run
-        _remove_tree(final)
-    os.rename(staged, final)
-    _fsync_path(output_dir)
+    final = publish(staged, os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}"))
     try:
         os.rmdir(os.path.dirname(os.path.normpath(staged)))  # the staging root, once empty
     except OSError:
@@ -204,6 +214,68 @@ def clean_leftovers(output_dir: str) -> None:
                     os.remove(path)
                 except OSError:
                     pass
+
+
+# --------------------------------------------------------------------------- each recipe's checkpoints
+
+
+def save_accelerate_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: int | None,
+                               hub=None) -> str:
+    """The Accelerate recipe's checkpoint: `save_state` into the staging folder, then one rename makes
+    checkpoint-`step` visible (and, with --push_to_hub, it goes to the hub: a failed upload is
+    logged, training goes on); the oldest beyond --save_total_limit are deleted."""
+    staged = staging_path(output_dir, step)
+    if is_main_process():
+        shutil.rmtree(staged, ignore_errors=True)  # what a run killed while writing this step left
+    accelerator.wait_for_everyone()
+    with guarded_save(f"checkpoint-{step}", output_dir, staged=staged):
+        accelerator.save_state(staged)  # every process writes its RNG state; the main one the rest
+    accelerator.wait_for_everyone()
+    published = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    if is_main_process():
+        publish_checkpoint(staged, output_dir, step)
+        if hub is not None:
+            hub.push_checkpoint(published, step)
+        rotate_checkpoints(output_dir, save_total_limit)
+        logger.info("Saved %s.", published)
+    accelerator.wait_for_everyone()
+    return published
+
+
+def check_accelerate_checkpoint(folder: str | None, prog: str) -> None:
+    """Refuse a folder the Accelerate recipe cannot resume from (a Trainer checkpoint, say) before anything runs."""
+    folder = os.path.expanduser(folder) if folder else None
+    if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "custom_checkpoint_0.pkl")):
+        raise UserError(
+            f"{folder} is not a checkpoint of {prog} (no custom_checkpoint_0.pkl; a Trainer checkpoint?). "
+            f"Fix: resume from a checkpoint this script wrote, or pass --overwrite_output_dir to start afresh."
+        )
+
+
+def save_trainer_checkpoint(trainer, write_checkpoint) -> None:
+    """The Trainer recipe's checkpoint: `write_checkpoint()` (the Trainer's own _save_checkpoint) writes
+    into the staging root (the trainer's _get_output_dir points there while `trainer._writing_checkpoint`);
+    then trainer_state.json with the published paths, one rename, the hub push and rotation."""
+    output_dir, step = trainer.args.output_dir, trainer.state.global_step
+    staged = staging_path(output_dir, step)
+    # A full disk or a read-only folder becomes a clear error; the previous checkpoint stays.
+    with guarded_save(f"checkpoint-{step}", output_dir, staged=staged):
+        trainer._writing_checkpoint = True
+        try:
+            write_checkpoint()
+        finally:
+            trainer._writing_checkpoint = False
+        best = trainer.state.best_model_checkpoint
+        if best and os.path.normpath(best).startswith(os.path.normpath(staging_root(output_dir))):
+            trainer.state.best_model_checkpoint = os.path.join(output_dir, os.path.basename(best))
+        trainer.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if trainer.args.should_save:
+            trainer.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the published paths
+            published = publish_checkpoint(staged, output_dir, step)
+            if trainer.hub_pusher is not None:
+                trainer.hub_pusher.push_checkpoint(published, step)  # per --hub_strategy; never raises
+            rotate_checkpoints(output_dir, trainer.args.save_total_limit, keep=trainer.state.best_model_checkpoint)
+    trainer.accelerator.wait_for_everyone()
 
 
 # --------------------------------------------------------------------------- failing saves

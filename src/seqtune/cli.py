@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     if command == "demo":
         from .demo import main as run
     elif command == "train":
-        from .train_trainer import main as run
+        from .recipes.trainer import main as run
     elif command == "train-loop":
-        from .train_loop import main as run
+        from .recipes.accelerate_loop import main as run
     elif command == "report":
         from .report import main as run
     elif command == "summarize":

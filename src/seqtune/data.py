@@ -548,6 +548,11 @@ def torch_sampler_base():
     return Sampler
 
 
+def global_batch_size(per_device: int, processes: int, accumulation: int) -> int:
+    """Examples per optimizer step over all processes: also the size of a length group."""
+    return per_device * processes * accumulation
+
+
 def token_lengths(dataset, column: str = "input_ids") -> list[int]:
     """Each example's number of tokens, read from the Arrow column (no rows are decoded)."""
     import pyarrow.compute as pc

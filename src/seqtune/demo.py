@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     import argparse
     import time
 
-    from .train_trainer import main as train_main
+    from .recipes.trainer import main as train_main
 
     parser = argparse.ArgumentParser(prog="seqtune demo", description="Run the embedded default end to end.")
     parser.add_argument("--output_dir", default="outputs/demo", help="Where everything is written (replaced on each run).")

@@ -1,20 +1,28 @@
-"""Evaluation and prediction with generation, the fast way, for both loops.
+"""Evaluation and prediction with generation, the fast way: the one path of both recipes
+and `seqtune summarize`.
 
 - One encoder pass per batch serves both the teacher-forced loss and `generate` (the
   Hugging Face scripts run the encoder twice: once in `generate`, once for the loss).
 - Examples are generated in windows of input order, each window sorted by length, so that
   batches hold inputs of similar length (little padding) while predictions can still be
-  written as they come, in input order: memory stays flat in the number of examples.
+  written as they come, in input order: memory stays flat in the number of examples
+  (`generate_in_input_order`; `predict_to_file` streams them to generated_predictions.txt).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from .losses import example_loss_sums, mean_token_loss
 from .metrics import SummaryScorer
+from .outputs import PREDICTIONS_FILE, write_predictions
+
+logger = logging.getLogger(__name__)
 
 # Examples per window: sorting needs a window, streaming needs it bounded. Large enough that
 # batches inside it are well sorted, small enough that its predictions are a few MB.
@@ -95,6 +103,38 @@ def restore_order(sorted_indices: list[int], rows: list) -> list:
     """Rows produced in `sorted_indices` order, put back in input order (ascending index)."""
     by_index = dict(zip(sorted_indices, rows))
     return [by_index[index] for index in sorted(sorted_indices)]
+
+
+def generate_in_input_order(
+    lengths: Sequence[int], generate_sorted: Callable[[list[int]], Iterable], window: int | None = None
+) -> Iterator:
+    """Yield what `generate_sorted(indices)` returns for each example, in input order.
+
+    `generate_sorted` gets the indices of one window, longest first, and returns one result per
+    index in that order (batching consecutive indices keeps similar lengths together).
+    """
+    for indices in length_sorted_windows(lengths, window):
+        yield from restore_order(indices, list(generate_sorted(indices)))
+
+
+def predict_to_file(dataset, generate_window: Callable, output_dir: str, on_cpu: bool) -> dict:
+    """Generate for every example of a tokenized `dataset` and stream generated_predictions.txt in
+    input order; return the predict_* metrics.
+
+    `generate_window(subset, totals)` generates for `subset` (a length-sorted window of the
+    data set), adds its scores to `totals` (a GenerationTotals), and returns the decoded texts.
+    """
+    from .data import token_lengths
+
+    if on_cpu:
+        return_large_buffers_to_os()  # flat peak memory however many examples
+    totals = GenerationTotals()
+    predictions = generate_in_input_order(
+        token_lengths(dataset), lambda indices: generate_window(dataset.select(indices), totals)
+    )
+    count = write_predictions(output_dir, predictions)  # every process generates; the main one writes
+    logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
+    return totals.metrics("predict")
 
 
 class GenerationTotals:

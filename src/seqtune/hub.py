@@ -97,6 +97,154 @@ def _first_line(error) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+# --------------------------------------------------------------------------- the start check, step by step
+
+
+def _require_online() -> None:
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise UserError(
+            "--push_to_hub needs the network, but offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE). "
+            "Fix: unset HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE, or drop --push_to_hub."
+        )
+
+
+def _require_token(token: str | None) -> None:
+    if not token:
+        raise UserError(
+            "--push_to_hub needs a Hub token with write access and none was found. "
+            "Fix: run `hf auth login`, set HF_TOKEN, or pass --hub_token."
+        )
+
+
+def _whoami(api, endpoint: str, token_source: str | None) -> dict:
+    """The token owner's account, as the hub describes it; UserError when the hub cannot say."""
+    import httpx2
+
+    try:
+        return api.whoami()
+    except httpx2.HTTPError as error:  # hub errors (HfHubHTTPError) and network errors alike
+        raise _whoami_failure(error, endpoint, token_source) from None
+
+
+def _whoami_failure(error, endpoint: str, token_source: str | None) -> UserError:
+    """Tell a rejected token, a hub in trouble and an unreachable hub apart: each has its own fix."""
+    status = _status(error)
+    if status == 401:
+        return UserError(
+            f"the Hub at {endpoint} rejected the token from {token_source} (401 Unauthorized). "
+            f"Fix: create a token with write access at https://huggingface.co/settings/tokens, then pass "
+            f"--hub_token, set HF_TOKEN, or run `hf auth login --force`."
+        )
+    if status is not None:
+        return UserError(
+            f"the Hub at {endpoint} answered {status} when checking the token: {_first_line(error)}. "
+            f"Fix: try again later, or drop --push_to_hub and upload the output dir afterwards."
+        )
+    return UserError(
+        f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)}). "
+        f"--push_to_hub checks this before training so that no run is lost. "
+        f"Fix: check the network connection (and HF_ENDPOINT if you set it), or drop --push_to_hub."
+    )
+
+
+def _require_write_role(who: dict, token_source: str | None) -> None:
+    role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise UserError(
+            f"the token from {token_source} (user {who.get('name')}) is read-only and cannot upload. "
+            f"Fix: create a token with write access at https://huggingface.co/settings/tokens."
+        )
+
+
+def _require_valid_repo_id(repo_id: str, origin: str) -> None:
+    """`origin` names what the id came from (the flag or the folder), for the message."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as error:
+        raise UserError(
+            f"{origin} does not make a valid Hub repository name: {error} "
+            f"Fix: pass --hub_model_id NAME (letters, digits, '-', '_', '.')."
+        ) from None
+
+
+def _create_repo(api, repo_id: str, private: bool | None, user: str | None) -> None:
+    """Create the repository, or make sure an existing one is ours to use."""
+    import httpx2
+
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    except httpx2.HTTPError as error:
+        status = _status(error)
+        raise UserError(
+            f"cannot create or use the Hub repository {repo_id} as user {user} "
+            f"({status or type(error).__name__}: {_first_line(error)}). Fix: pass --hub_model_id NAME for a "
+            f"repository in your namespace, or ORG/NAME for an organization you may write to."
+        ) from None
+
+
+# --------------------------------------------------------------------------- what goes where (--hub_strategy)
+
+
+def _operations(folder: str, names: list[str], prefix: str = "") -> list:
+    """Uploads of `folder`'s files `names` (relative paths) to `prefix` + the same path in the repository."""
+    from huggingface_hub import CommitOperationAdd
+
+    return [
+        CommitOperationAdd(
+            path_in_repo=f"{prefix}{name}".replace(os.sep, "/"), path_or_fileobj=os.path.join(folder, name)
+        )
+        for name in names
+    ]
+
+
+def _whole_folder_operations(folder: str, under: str) -> list:
+    return _operations(folder, _all_files(folder), prefix=f"{under}/")
+
+
+def _is_loadable_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "config.json"))
+
+
+def _checkpoint_place(folder: str, strategy: str) -> str | None:
+    """Where the whole checkpoint goes in the repository (None: only its model files, at the root)."""
+    if strategy == "checkpoint" or not _is_loadable_model(folder):
+        return LAST_CHECKPOINT
+    if strategy == "all_checkpoints":
+        return os.path.basename(os.path.normpath(folder))
+    return None
+
+
+def _checkpoint_operations(folder: str, place: str | None) -> list:
+    """A checkpoint's model files to the root (when it is a loadable model), and the whole of it under `place`."""
+    operations = []
+    if _is_loadable_model(folder):
+        operations += _operations(folder, model_files_in_checkpoint(folder))
+    if place is not None:
+        operations += _whole_folder_operations(folder, place)
+    return operations
+
+
+def _final_operations(output_dir: str, failed_checkpoints: list[tuple[str, str | None]]) -> list:
+    """The finished output dir, plus the checkpoints whose push failed (the root model supersedes theirs)."""
+    operations = _operations(output_dir, shareable_files(output_dir))
+    places = {place for _, place in failed_checkpoints}
+    if LAST_CHECKPOINT in places:
+        newest = newest_checkpoint(output_dir)
+        if newest is not None:
+            operations += _whole_folder_operations(newest, LAST_CHECKPOINT)
+    for folder, place in failed_checkpoints:
+        if place not in (None, LAST_CHECKPOINT) and is_complete(folder):  # it may have been rotated away
+            operations += _whole_folder_operations(folder, place)
+    return operations
+
+
+# --------------------------------------------------------------------------- the pusher
+
+
 class HubPusher:
     """Uploads a run's model to one hub repository (see the module docstring)."""
 
@@ -118,7 +266,8 @@ class HubPusher:
         self._api = None
 
     def __repr__(self) -> str:  # never the token
-        return f"HubPusher(repo_id={self.repo_id or self.model_id!r}, strategy={self.strategy!r}, private={self.private!r})"
+        return (f"HubPusher(repo_id={self.repo_id or self.model_id!r}, strategy={self.strategy!r}, "
+                f"private={self.private!r})")
 
     @classmethod
     def from_arguments(cls, loop_args, model_args=None) -> HubPusher | None:
@@ -149,8 +298,6 @@ class HubPusher:
             revision=getattr(loop_args, "hub_revision", None),
         )
 
-    # ------------------------------------------------------------------ start
-
     @property
     def endpoint(self) -> str:
         from huggingface_hub import constants
@@ -170,84 +317,20 @@ class HubPusher:
         Returns the repository id (main process; None elsewhere)."""
         if not is_main_process():
             return None
-        import httpx2
-        from huggingface_hub import constants
-        from huggingface_hub.utils import validate_repo_id
-
-        endpoint = self.endpoint
-        if constants.is_offline_mode():
-            raise UserError(
-                "--push_to_hub needs the network, but offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE). "
-                "Fix: unset HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE, or drop --push_to_hub."
-            )
-        if not self._token:
-            raise UserError(
-                "--push_to_hub needs a Hub token with write access and none was found. "
-                "Fix: run `hf auth login`, set HF_TOKEN, or pass --hub_token."
-            )
+        _require_online()
+        _require_token(self._token)
         api = self._client()
-        try:
-            who = api.whoami()
-        except httpx2.HTTPError as error:  # hub errors (HfHubHTTPError) and network errors alike
-            status = _status(error)
-            if status == 401:
-                raise UserError(
-                    f"the Hub at {endpoint} rejected the token from {self.token_source} (401 Unauthorized). "
-                    f"Fix: create a token with write access at https://huggingface.co/settings/tokens, then pass "
-                    f"--hub_token, set HF_TOKEN, or run `hf auth login --force`."
-                ) from None
-            if status is not None:
-                raise UserError(
-                    f"the Hub at {endpoint} answered {status} when checking the token: {_first_line(error)}. "
-                    f"Fix: try again later, or drop --push_to_hub and upload the output dir afterwards."
-                ) from None
-            raise UserError(
-                f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)}). "
-                f"--push_to_hub checks this before training so that no run is lost. "
-                f"Fix: check the network connection (and HF_ENDPOINT if you set it), or drop --push_to_hub."
-            ) from None
-        role = ((who.get("auth") or {}).get("accessToken") or {}).get("role")
-        if role == "read":
-            raise UserError(
-                f"the token from {self.token_source} (user {who.get('name')}) is read-only and cannot upload. "
-                f"Fix: create a token with write access at https://huggingface.co/settings/tokens."
-            )
+        who = _whoami(api, self.endpoint, self.token_source)
+        _require_write_role(who, self.token_source)
         name = self.model_id or os.path.basename(os.path.normpath(self.output_dir))
         self.repo_id = name if "/" in name else f"{who['name']}/{name}"
-        try:
-            validate_repo_id(self.repo_id)
-        except ValueError as error:
-            origin = "--hub_model_id" if self.model_id else f"the --output_dir folder name {name!r}"
-            raise UserError(
-                f"{origin} does not make a valid Hub repository name: {error} "
-                f"Fix: pass --hub_model_id NAME (letters, digits, '-', '_', '.')."
-            ) from None
-        try:
-            api.create_repo(self.repo_id, private=self.private, exist_ok=True)
-        except httpx2.HTTPError as error:
-            status = _status(error)
-            raise UserError(
-                f"cannot create or use the Hub repository {self.repo_id} as user {who.get('name')} "
-                f"({status or type(error).__name__}: {_first_line(error)}). Fix: pass --hub_model_id NAME for a "
-                f"repository in your namespace, or ORG/NAME for an organization you may write to."
-            ) from None
+        origin = "--hub_model_id" if self.model_id else f"the --output_dir folder name {name!r}"
+        _require_valid_repo_id(self.repo_id, origin)
+        _create_repo(api, self.repo_id, self.private, who.get("name"))
         visibility = {True: "private", False: "public"}.get(self.private, "default visibility")
-        logger.info("--push_to_hub: %s/%s (%s, strategy %s), token from %s.", endpoint, self.repo_id, visibility,
+        logger.info("--push_to_hub: %s/%s (%s, strategy %s), token from %s.", self.endpoint, self.repo_id, visibility,
                     self.strategy, self.token_source)
         return self.repo_id
-
-    # ------------------------------------------------------------------ uploads
-
-    def _operations(self, folder: str, names: list[str], prefix: str = "") -> list:
-        from huggingface_hub import CommitOperationAdd
-
-        return [
-            CommitOperationAdd(path_in_repo=f"{prefix}{name}".replace(os.sep, "/"), path_or_fileobj=os.path.join(folder, name))
-            for name in names
-        ]
-
-    def _checkpoint_operations(self, folder: str, under: str) -> list:
-        return self._operations(folder, _all_files(folder), prefix=f"{under}/")
 
     def _commit(self, operations: list, message: str):
         info = self._client().create_commit(
@@ -257,28 +340,15 @@ class HubPusher:
                     message, (getattr(info, "oid", None) or "")[:10])
         return info
 
-    def _checkpoint_place(self, folder: str) -> str | None:
-        """Where the whole checkpoint goes in the repository (None: only its model files, at the root)."""
-        if self.strategy == "checkpoint" or not os.path.isfile(os.path.join(folder, "config.json")):
-            return LAST_CHECKPOINT
-        if self.strategy == "all_checkpoints":
-            return os.path.basename(os.path.normpath(folder))
-        return None
-
     def push_checkpoint(self, folder: str, step: int) -> bool:
         """Push a published checkpoint per --hub_strategy. Never raises for upload problems."""
         if not is_main_process() or self.strategy == "end" or self.repo_id is None:
             return False
         import httpx2
 
-        place = self._checkpoint_place(folder)
+        place = _checkpoint_place(folder, self.strategy)
         try:
-            operations = []
-            if os.path.isfile(os.path.join(folder, "config.json")):  # a loadable model: to the root
-                operations += self._operations(folder, model_files_in_checkpoint(folder))
-            if place is not None:
-                operations += self._checkpoint_operations(folder, place)
-            self._commit(operations, f"Training in progress, step {step}")
+            self._commit(_checkpoint_operations(folder, place), f"Training in progress, step {step}")
         except (httpx2.HTTPError, OSError) as error:  # network, hub answers, files gone: training goes on
             self.failed_checkpoints.append((folder, place))
             logger.warning(
@@ -289,19 +359,6 @@ class HubPusher:
         if place == LAST_CHECKPOINT:  # last-checkpoint/ is up to date again
             self.failed_checkpoints = [(f, p) for f, p in self.failed_checkpoints if p != LAST_CHECKPOINT]
         return True
-
-    def _final_operations(self, output_dir: str) -> list:
-        """The finished output dir, plus the checkpoints whose push failed (the root model supersedes theirs)."""
-        operations = self._operations(output_dir, shareable_files(output_dir))
-        places = {place for _, place in self.failed_checkpoints}
-        if LAST_CHECKPOINT in places:
-            newest = newest_checkpoint(output_dir)
-            if newest is not None:
-                operations += self._checkpoint_operations(newest, LAST_CHECKPOINT)
-        for folder, place in self.failed_checkpoints:
-            if place not in (None, LAST_CHECKPOINT) and is_complete(folder):  # it may have been rotated away
-                operations += self._checkpoint_operations(folder, place)
-        return operations
 
     def push_final(self, output_dir: str | None = None, commit_message: str = FINAL_COMMIT_MESSAGE) -> None:
         """Push the finished output dir (model, card, results, plots), retrying; UserError if it never lands."""
@@ -314,7 +371,7 @@ class HubPusher:
         error = None
         for attempt in range(1, FINAL_PUSH_ATTEMPTS + 1):
             try:
-                self._commit(self._final_operations(output_dir), commit_message)
+                self._commit(_final_operations(output_dir, self.failed_checkpoints), commit_message)
                 self.failed_checkpoints.clear()
                 return
             except (httpx2.HTTPError, OSError) as caught:

@@ -94,21 +94,6 @@ def generation_length(token_ids, pad_token_id: int) -> float:
     return float(np.mean(np.sum((token_ids != pad_token_id) & (token_ids >= 0), axis=-1)))
 
 
-def concatenate_padded(batches, pad_value: int = -100) -> np.ndarray:
-    """Stack 2-D id arrays of different widths into one, padding on the right with `pad_value`
-    (-100 counts as padding for `decode_token_ids` and `generation_length`)."""
-    batches = [np.asarray(batch) for batch in batches]
-    if not batches:
-        return np.zeros((0, 0), dtype=np.int64)
-    width = max(batch.shape[1] for batch in batches)
-    stacked = np.full((sum(batch.shape[0] for batch in batches), width), pad_value, dtype=np.int64)
-    row = 0
-    for batch in batches:
-        stacked[row : row + batch.shape[0], : batch.shape[1]] = batch
-        row += batch.shape[0]
-    return stacked
-
-
 def summary_metrics(generated_ids, label_ids, tokenizer) -> dict[str, float]:
     """ROUGE and mean generation length of generated ids against label ids."""
     scorer = SummaryScorer()

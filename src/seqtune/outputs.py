@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 
 from . import __version__
@@ -28,6 +27,7 @@ from .checkpoints import (
     is_leftover,
     list_checkpoints,
     newest_checkpoint,
+    publish,
     temporary_path,
 )
 from .errors import UserError
@@ -226,7 +226,7 @@ def _final_model_files(output_dir: str) -> set[str]:
     return set(marker.get("model_files", []))
 
 
-def start_run(output_dir: str, argv: list[str], arguments: list) -> None:
+def mark_run_started(output_dir: str, argv: list[str], arguments: list) -> None:
     """Mark the output dir as a seqtune run and save its arguments (secrets redacted)."""
     if not is_main_process():
         return
@@ -237,7 +237,7 @@ def start_run(output_dir: str, argv: list[str], arguments: list) -> None:
     atomic_write_json(os.path.join(output_dir, ARGS_FILE), arguments_as_dict(arguments))
 
 
-def finish_run(output_dir: str, model_files: list[str] | None = None) -> None:
+def mark_run_finished(output_dir: str, model_files: list[str] | None = None) -> None:
     if not is_main_process():
         return
     marker = _read_run_marker(output_dir) or {}
@@ -293,9 +293,7 @@ def atomic_write_text(path: str, text: str) -> None:
     with guarded_save(os.path.basename(path), os.path.dirname(os.path.abspath(path)), staged=temporary):
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        publish(temporary, path)
 
 
 def atomic_write_json(path: str, data) -> None:
@@ -340,9 +338,7 @@ def write_predictions(output_dir: str, predictions) -> int:
                 # One line per example: a generated line break must not split an example in two.
                 handle.write(" ".join(prediction.split()) + "\n")
                 count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        publish(temporary, path)
     return count
 
 
@@ -364,9 +360,7 @@ def save_final_model(model_saver, output_dir: str) -> list[str]:
         for name in sorted(os.listdir(staging)):
             source = os.path.join(staging, name)
             if os.path.isfile(source):
-                with open(source, "rb") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(source, os.path.join(output_dir, name))
+                publish(source, os.path.join(output_dir, name))
                 names.append(name)
         shutil.rmtree(staging, ignore_errors=True)
         if not os.listdir(os.path.dirname(staging)):
@@ -375,19 +369,12 @@ def save_final_model(model_saver, output_dir: str) -> list[str]:
     return names
 
 
-# The model card (README.md) is written by seqtune.card.write_model_card.
-
-
-def current_command() -> list[str]:
-    return redacted_command([os.path.basename(sys.argv[0])] + sys.argv[1:])
-
-
 __all__ = [
     "CHECKPOINT_PREFIX",
     "TRASH_PREFIX",
     "prepare_output_dir",
-    "start_run",
-    "finish_run",
+    "mark_run_started",
+    "mark_run_finished",
     "write_results",
     "write_predictions",
     "save_final_model",

@@ -1,9 +1,6 @@
-"""Mixed precision and numerical safety, shared by both training loops.
+"""Mixed precision and numerical safety, shared by both training loops
+(--fp16 / --bf16 themselves are checked with the other flags, in `seqtune.arguments`).
 
-- `check_mixed_precision`: --fp16 / --bf16 are checked when the arguments are parsed,
-  before anything is written: fp16 needs a GPU (on a CPU it says to use --bf16).
-- `accelerator_available`: whether torch sees a GPU-like device; without one both loops
-  run on the CPU (which also makes `torchrun` use the gloo backend there).
 - `warn_fp16_overflow`: T5-family models overflow in fp16; say so before training starts.
 - `check_loss_is_finite`: the non-finite-loss guard both loops call after every backward
   pass. When the loss is NaN or inf on any process, every process stops at that step with
@@ -23,31 +20,6 @@ logger = logging.getLogger(__name__)
 
 # The T5 family (the models pre-trained with a task prefix): their activations outgrow fp16's range.
 FP16_OVERFLOW_MODEL_TYPES = frozenset(PREFIX_MODEL_TYPES)
-
-
-def accelerator_available() -> bool:
-    """True when torch can use a GPU-like device (CUDA, ROCm, MPS, XPU, ...) or an XLA device."""
-    import torch
-
-    from .xla import on_xla
-
-    if torch.cuda.is_available():
-        return True
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and accelerator.is_available():
-        return True
-    return on_xla()
-
-
-def check_mixed_precision(fp16: bool, bf16: bool, use_cpu: bool = False) -> None:
-    """Refuse precision flags this machine cannot honour, with the fix in the message."""
-    if fp16 and bf16:
-        raise UserError("--fp16 and --bf16 were both given. Fix: pass one of them (--bf16 on CPUs and Ampere or newer GPUs).")
-    if fp16 and (use_cpu or not accelerator_available()):
-        where = "--use_cpu was given" if use_cpu else "none is visible"
-        raise UserError(
-            f"--fp16 needs a CUDA GPU and {where}. Fix: use --bf16 for mixed precision on a CPU, or drop --fp16."
-        )
 
 
 def mixed_precision_name(fp16: bool, bf16: bool) -> str:
@@ -159,9 +131,7 @@ def check_loss_is_finite(
 __all__ = [
     "FP16_OVERFLOW_MODEL_TYPES",
     "NonFiniteLossError",
-    "accelerator_available",
     "check_loss_is_finite",
-    "check_mixed_precision",
     "mixed_precision_name",
     "warn_fp16_overflow",
 ]

@@ -221,7 +221,7 @@ def phase(description: str, total: int | None = None, unit: str = "row"):
 # --------------------------------------------------------------------------- Trainer
 
 
-class TrainerProgress(TrainerCallback):
+class TrainerProgressCallback(TrainerCallback):
     """The Trainer's phases as `Progress`: training steps (with loss and learning rate),
     evaluation and prediction batches. Set `label` to name the next evaluation loop."""
 
@@ -284,10 +284,10 @@ class TrainerProgress(TrainerCallback):
             self.training = None
 
 
-def install(trainer) -> TrainerProgress:
+def install(trainer) -> TrainerProgressCallback:
     """Replace the Trainer's own progress output (tqdm bars or printed dicts) with `Progress`."""
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    callback = TrainerProgress()
+    callback = TrainerProgressCallback()
     trainer.add_callback(callback)
     return callback

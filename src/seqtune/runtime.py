@@ -33,6 +33,22 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def accelerator_available() -> bool:
+    """True when torch can use a GPU-like device (CUDA, ROCm, MPS, XPU, ...) or an XLA device.
+
+    Without one both recipes run on the CPU (which also makes `torchrun` use gloo there)."""
+    import torch
+
+    from .xla import on_xla
+
+    if torch.cuda.is_available():
+        return True
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return True
+    return on_xla()
+
+
 def is_main_process() -> bool:
     return process_rank() == 0
 

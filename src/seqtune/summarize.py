@@ -25,6 +25,7 @@ from .arguments import ModelArguments
 from .checkpoints import newest_checkpoint
 from .data import FILE_BUILDERS, KNOWN_COLUMNS, load_data_file, read_text_file
 from .errors import UserError, exit_on_user_error
+from .generation import generate_in_input_order
 from .metrics import decode_token_ids
 from .modeling import load_seq2seq, summarization_settings
 from .outputs import atomic_write_text
@@ -217,23 +218,27 @@ class Summarizer:
 
     def summarize(self, texts: list[str], progress: Progress | None = None) -> list[str]:
         """Summaries of `texts` in the same order, generated longest-first in batches of similar length."""
-        import torch
-
         encoded = self.tokenizer([self.prefix + text for text in texts], truncation=True,
                                  max_length=self.max_source_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda index: -len(encoded[index]))
-        summaries: list[str] = [""] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            input_ids, attention_mask = _pad([encoded[index] for index in batch], self.tokenizer.pad_token_id)
-            with torch.inference_mode():
-                generated = self.model.generate(input_ids=input_ids.to(self.device),
-                                                attention_mask=attention_mask.to(self.device), **self.generation)
-            for index, summary in zip(batch, decode_token_ids(generated.cpu().numpy(), self.tokenizer)):
-                summaries[index] = " ".join(summary.split())
-            if progress is not None:
-                progress.update(len(batch))
-        return summaries
+
+        def generate_sorted(indices: list[int]) -> Iterator[str]:
+            for start in range(0, len(indices), self.batch_size):
+                batch = [encoded[index] for index in indices[start : start + self.batch_size]]
+                yield from self._generate(batch)
+                if progress is not None:
+                    progress.update(len(batch))
+
+        lengths = [len(ids) for ids in encoded]
+        return list(generate_in_input_order(lengths, generate_sorted, window=max(len(texts), 1)))
+
+    def _generate(self, batch: list[list[int]]) -> list[str]:
+        import torch
+
+        input_ids, attention_mask = _pad(batch, self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            generated = self.model.generate(input_ids=input_ids.to(self.device),
+                                            attention_mask=attention_mask.to(self.device), **self.generation)
+        return [" ".join(summary.split()) for summary in decode_token_ids(generated.cpu().numpy(), self.tokenizer)]
 
 
 def check_model_path(model_path: str) -> None:

@@ -1,6 +1,6 @@
 """PyTorch/XLA (TPUs): the one module of seqtune that knows about XLA.
 
-Both recipes reach it through the shared steps (`pipeline.set_up_run` / `finish`), plus one
+Both recipes reach it through the shared steps (`recipes.common.set_up_run` / `wrap_up_run`), plus one
 call each for what only they have; nothing else in seqtune imports torch_xla.
 
 - `on_xla()`: whether this process trains on an XLA device. transformers and Accelerate
@@ -59,7 +59,7 @@ def device_type() -> str:
 def prepare_for_xla(data_args, model) -> bool:
     """On an XLA device, make every shape static; return whether this is one (a no-op elsewhere).
 
-    Called by `pipeline.set_up_run` once the model is loaded, before tokenization:
+    Called by `recipes.common.set_up_run` once the model is loaded, before tokenization:
     every example is padded to the maximum lengths, and `model.generate` becomes the
     fixed-size greedy decoder below.
     """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune a sequence-to-sequence model for summarization with an explicit PyTorch loop run through Accelerate.
 
-The recipe lives in seqtune (`seqtune.train_loop`); this file keeps the path and the
+The recipe lives in seqtune (`seqtune.recipes.accelerate_loop`); this file keeps the path and the
 flags of the Hugging Face example. Run with -h to list every flag.
 """
 
@@ -13,7 +13,7 @@ try:
 except ImportError:  # running from a clone without `pip install -e .`
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "src"))
 
-from seqtune.train_loop import _mp_fn, main  # noqa: E402,F401  (_mp_fn: for xla_spawn.py)
+from seqtune.recipes.accelerate_loop import _mp_fn, main  # noqa: E402,F401  (_mp_fn: for xla_spawn.py)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,9 @@
 """The Trainer recipe: fine-tune a seq2seq model with transformers' Seq2SeqTrainer.
 
-Read top to bottom: arguments, output dir, data, model, trainer, train, evaluate,
-predict, outputs. Everything but the loop comes from the shared core.
+`main` reads top to bottom: arguments, set up (output dir, data, model: the shared core),
+build the trainer, train, evaluate, predict, wrap up (report, card, hub). Everything but the
+loop comes from the shared core; `SeqtuneTrainer` is the Seq2SeqTrainer with seqtune's
+checkpoints, loss and evaluation.
 """
 
 from __future__ import annotations
@@ -14,23 +16,24 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
-from . import checkpoints, progress
-from .arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
-from .data import LengthGroupedSampler, build_collator, token_lengths
-from .errors import exit_on_user_error
-from .losses import example_loss_sums, mean_token_loss, token_summed_loss
-from .hub import HubPusher
-from .generation import (GenerationTotals, generate_with_loss, length_sorted, length_sorted_windows, restore_order,
-                         return_large_buffers_to_os)
-from .metrics import decode_token_ids, summary_metrics
-from .outputs import PREDICTIONS_FILE, log_metrics, save_final_model, write_predictions, write_results
-from .pipeline import finish, generation_settings, record_results, set_up_run
-from .precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
-from .report import RunLog, RunLogCallback
-from .runtime import setup_logging
-from .xla import prepare_trainer_arguments
+from .. import checkpoints, progress
+from ..arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
+from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
+from ..errors import exit_on_user_error
+from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
+from ..hub import HubPusher
+from ..losses import example_loss_sums, mean_token_loss, token_summed_loss
+from ..metrics import decode_token_ids, summary_metrics
+from ..outputs import save_final_model
+from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
+from ..report import RunLog, RunLogCallback
+from ..runtime import setup_logging
+from ..xla import prepare_trainer_arguments
+from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
 
 logger = logging.getLogger(__name__)
+
+PROG = "run_summarization.py"
 
 
 class SeqtuneTrainer(Seq2SeqTrainer):
@@ -39,8 +42,9 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     train exactly like 1 process x 4), which stops at the first non-finite loss, and whose
     distributed evaluation and prediction count every example once, in input order."""
 
-    _writing_checkpoint = False
+    _writing_checkpoint = False  # while True, the Trainer writes into the staging folder
     hub_pusher: HubPusher | None = None  # --push_to_hub: pushes each published checkpoint
+    progress_callback: progress.TrainerProgressCallback | None = None  # names the next evaluation loop
 
     # --- distributed evaluation: no padded duplicates --------------------------------------
     # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
@@ -108,28 +112,22 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     def predict_to_file(self, dataset, tokenizer, output_dir: str) -> dict:
         """Generate for every example of `dataset`, stream generated_predictions.txt in input order,
         and return the predict_* metrics; memory stays flat in the number of examples."""
-        if self.args.device.type == "cpu":
-            return_large_buffers_to_os()  # flat peak memory however many examples
-        totals = GenerationTotals()
-        compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
         per_batch = self.args.per_device_eval_batch_size * self.args.world_size
 
-        def predictions():
-            for window in length_sorted_windows(token_lengths(dataset)):
-                output = self.predict(dataset.select(window), metric_key_prefix="predict")
-                generated = decode_token_ids(output.predictions, tokenizer)
-                totals.scorer.add(generated, decode_token_ids(output.label_ids, tokenizer), output.predictions,
-                                  tokenizer.pad_token_id)
-                totals.losses.extend(self.last_example_losses or [])
-                totals.batches += -(-len(window) // per_batch)
-                yield from restore_order(window, generated)
+        def generate_window(subset, totals: GenerationTotals) -> list[str]:
+            output = self.predict(subset, metric_key_prefix="predict")
+            generated = decode_token_ids(output.predictions, tokenizer)
+            totals.scorer.add(generated, decode_token_ids(output.label_ids, tokenizer), output.predictions,
+                              tokenizer.pad_token_id)
+            totals.losses.extend(self.last_example_losses or [])
+            totals.batches += -(-len(subset) // per_batch)
+            return generated
 
+        compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
         try:
-            count = write_predictions(output_dir, predictions())
+            return predict_to_file(dataset, generate_window, output_dir, on_cpu=self.args.device.type == "cpu")
         finally:
             self.compute_metrics = compute_metrics
-        logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
-        return totals.metrics("predict")
 
     # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -169,7 +167,9 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "with_format"):
             return super()._get_train_sampler(train_dataset)
-        group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        group = global_batch_size(
+            self.args.per_device_train_batch_size, self.args.world_size, self.args.gradient_accumulation_steps
+        )
         return LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
 
     def _get_eval_sampler(self, eval_dataset):
@@ -191,28 +191,7 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         return epochs_trained, steps_in_epoch
 
     def _save_checkpoint(self, model, trial) -> None:
-        output_dir = self.args.output_dir
-        staging = checkpoints.staging_root(output_dir)
-        step = self.state.global_step
-        staged = checkpoints.staging_path(output_dir, step)
-        # A full disk or a read-only folder becomes a clear error; the previous checkpoint stays.
-        with checkpoints.guarded_save(f"checkpoint-{step}", output_dir, staged=staged):
-            self._writing_checkpoint = True
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._writing_checkpoint = False
-            best = self.state.best_model_checkpoint
-            if best and os.path.normpath(best).startswith(os.path.normpath(staging)):
-                self.state.best_model_checkpoint = os.path.join(output_dir, os.path.basename(best))
-            self.accelerator.wait_for_everyone()  # every rank has written its RNG state
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the published paths
-                published = checkpoints.publish_checkpoint(staged, output_dir, step)
-                if self.hub_pusher is not None:
-                    self.hub_pusher.push_checkpoint(published, step)  # per --hub_strategy; never raises
-                checkpoints.rotate_checkpoints(output_dir, self.args.save_total_limit, keep=self.state.best_model_checkpoint)
-        self.accelerator.wait_for_everyone()
+        checkpoints.save_trainer_checkpoint(self, lambda: super(SeqtuneTrainer, self)._save_checkpoint(model, trial))
 
 
 def build_compute_metrics(tokenizer):
@@ -229,26 +208,72 @@ def build_compute_metrics(tokenizer):
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, TrainerArguments), argv, prog="run_summarization.py"
+        (ModelArguments, DataArguments, TrainerArguments), argv, prog=PROG
     )
     setup_logging(training_args.log_level)
     prepare_trainer_arguments(training_args)  # a non-fused optimizer on TPUs
     logger.info("Training/evaluation parameters: %s", training_args.to_dict() | {"hub_token": None})
-    # --push_to_hub goes through seqtune's pusher (checked in set_up_run, before anything else).
-    hub = HubPusher.from_arguments(training_args, model_args)
-
-    # Output dir (resume, refuse, or start afresh), seed, data, model: the same for every recipe.
+    hub = HubPusher.from_arguments(training_args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
         model_args, data_args, training_args, argv=argv, main_process_first=training_args.main_process_first, hub=hub
     )
-    resume_from, tokenizer, model, tokenized = setup.resume_from, setup.tokenizer, setup.model, setup.tokenized
-    warn_fp16_overflow(model.config.model_type, mixed_precision_name(training_args.fp16, training_args.bf16))
+    warn_fp16_overflow(setup.model.config.model_type, mixed_precision_name(training_args.fp16, training_args.bf16))
+    trainer = build_trainer(training_args, data_args, setup, hub)
+    output_dir, tokenized = training_args.output_dir, setup.tokenized
 
-    # Generation settings for evaluation and prediction.
-    generation = generation_settings(data_args, training_args.generation_max_length, training_args.generation_num_beams)
+    results: dict = {}
+    model_files = None
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
+        model_files = save_final_model(trainer.save_model, output_dir)
+        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]),
+                       tokenize_runtime=setup.tokenize_runtime)
+        record_results(output_dir, "train", metrics, results)
+        if trainer.is_world_process_zero():
+            trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        record_results(output_dir, "eval", dict(metrics, eval_samples=len(tokenized["validation"])), results)
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        trainer.progress_callback.label = "Predicting"
+        if training_args.predict_with_generate:
+            metrics = trainer.predict_to_file(tokenized["test"], setup.tokenizer, output_dir)
+        else:
+            prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
+            metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
+        record_results(output_dir, "predict", metrics, results)
+        RunLog(output_dir).append({**metrics, "event": "predict", "step": trainer.state.global_step,
+                                   "epoch": trainer.state.epoch})
+    wrap_up_run(
+        model_args,
+        data_args,
+        training_args,
+        setup=setup,
+        results=results,
+        hyperparameters={"num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps},
+        command=[PROG, *argv],
+        trainer="Seq2SeqTrainer",
+        model_files=model_files,
+        hub=hub,
+    )
+    return results
+
+
+def _mp_fn(index: int) -> None:
+    """Entry point for xla_spawn.py (one call per TPU core)."""
+    main()
+
+
+def build_trainer(training_args: TrainerArguments, data_args: DataArguments, setup: RunSetup,
+                  hub: HubPusher | None) -> SeqtuneTrainer:
+    """The SeqtuneTrainer over the tokenized splits, with seqtune's generation settings, run log and progress."""
+    tokenizer, model, tokenized = setup.tokenizer, setup.model, setup.tokenized
+    generation = generation_settings(data_args, training_args.generation_max_length,
+                                     training_args.generation_num_beams)
     training_args.generation_max_length = generation["max_length"]
     training_args.generation_num_beams = generation["num_beams"]
-
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
     training_args.push_to_hub = False  # the Trainer's own pushes would bypass staging and write their own card
     trainer = SeqtuneTrainer(
@@ -263,58 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     trainer.hub_pusher = hub
     trainer.add_callback(RunLogCallback(training_args.output_dir))  # log_history.jsonl, for the report
-    trainer_progress = progress.install(trainer)  # bars on a terminal, log lines elsewhere
-
-    results: dict = {}
-    model_files = None
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=resume_from)
-        model_files = save_final_model(trainer.save_model, training_args.output_dir)
-        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]), tokenize_runtime=setup.tokenize_runtime)
-        log_metrics("train", metrics)
-        write_results(training_args.output_dir, "train", metrics)
-        if trainer.is_world_process_zero():
-            trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
-        results.update(metrics)
-
-    if training_args.do_eval:
-        logger.info("*** Evaluate ***")
-        metrics = trainer.evaluate(metric_key_prefix="eval")
-        metrics["eval_samples"] = len(tokenized["validation"])
-        log_metrics("eval", metrics)
-        write_results(training_args.output_dir, "eval", metrics)
-        results.update(metrics)
-
-    if training_args.do_predict:
-        logger.info("*** Predict ***")
-        trainer_progress.label = "Predicting"
-        if training_args.predict_with_generate:
-            metrics = trainer.predict_to_file(tokenized["test"], tokenizer, training_args.output_dir)
-        else:
-            prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
-            metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
-        record_results(training_args.output_dir, "predict", metrics, results)
-        RunLog(training_args.output_dir).append({**metrics, "event": "predict", "step": trainer.state.global_step,
-                                                 "epoch": trainer.state.epoch})
-
-    finish(
-        model_args,
-        data_args,
-        training_args,
-        setup=setup,
-        results=results,
-        hyperparameters={"num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps},
-        command=["run_summarization.py", *argv],
-        trainer="Seq2SeqTrainer",
-        model_files=model_files,
-        hub=hub,
-    )
-    return results
-
-
-def _mp_fn(index: int) -> None:
-    """Entry point for xla_spawn.py (one call per TPU core)."""
-    main()
+    trainer.progress_callback = progress.install(trainer)  # bars on a terminal, log lines elsewhere
+    return trainer
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The steps every recipe takes before and after its training loop.
 
-Both recipes (the Trainer one in `train_trainer`, the Accelerate one in `train_loop`)
-start a run the same way (output-dir rules, seed, data, model, run marker, tokenization),
-generate with the same settings, and end it the same way (model card, run marker). They
-differ only in the loop between `set_up_run` and `finish`.
+Both recipes (`recipes.trainer`, `recipes.accelerate_loop`) start a run the same way
+(output-dir rules, seed, data, model, run marker, tokenization), generate with the same
+settings, and end it the same way (report, model card, run marker, hub). They differ only
+in the loop between `set_up_run` and `wrap_up_run`.
 """
 
 from __future__ import annotations
@@ -17,25 +17,22 @@ from typing import Any
 
 from transformers import set_seed
 
-from .arguments import DataArguments, ModelArguments
-from .data import RawData, load_raw_data, tokenize_splits, wanted_splits
-from .modeling import load_model_and_tokenizer, remember_summarization_settings
-from .card import write_model_card
-from .metrics import decode_token_ids
-from .outputs import (
-    PREDICTIONS_FILE,
-    finish_run,
+from ..arguments import DataArguments, ModelArguments
+from ..data import RawData, load_raw_data, tokenize_splits, wanted_splits
+from ..modeling import load_model_and_tokenizer, remember_summarization_settings
+from ..card import write_model_card
+from ..outputs import (
     log_metrics,
+    mark_run_finished,
+    mark_run_started,
     prepare_output_dir,
     redacted_command,
-    start_run,
-    write_predictions,
     write_results,
 )
-from .progress import configure_library_progress, phase
-from .report import build_report_at_end, save_report_examples
-from .runtime import close_process_group
-from .xla import log_compilations, on_xla, prepare_for_xla
+from ..progress import configure_library_progress, phase
+from ..report import build_report_at_end, save_report_examples
+from ..runtime import close_process_group
+from ..xla import log_compilations, on_xla, prepare_for_xla
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ def set_up_run(
     tokenizer, model = load_model_and_tokenizer(model_args, data_args)
     remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
-    start_run(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
+    mark_run_started(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
     save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
     started = time.time()
     tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)
@@ -105,13 +102,7 @@ def record_results(output_dir: str, split: str, metrics: dict, results: dict) ->
     results.update(metrics)
 
 
-def save_predictions(output_dir: str, generated_ids, tokenizer) -> None:
-    """Decode generated ids (in input order) into generated_predictions.txt, one line per example."""
-    count = write_predictions(output_dir, decode_token_ids(generated_ids, tokenizer))
-    logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
-
-
-def finish(
+def wrap_up_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     run_args,  # the loop's arguments: output_dir, learning_rate, per_device_train_batch_size, seed
@@ -148,7 +139,7 @@ def finish(
         },
     )
     log_compilations()  # on an XLA device: how many graphs were compiled
-    finish_run(output_dir, model_files)
+    mark_run_finished(output_dir, model_files)
     if not on_xla():  # xmp.spawn tears its replicas down itself
         close_process_group()  # before the push, which only the main process does and which may take long
     logger.info("Outputs are in %s", os.path.abspath(output_dir))

@@ -1,0 +1,528 @@
+"""The Accelerate recipe: fine-tune a seq2seq model with an explicit PyTorch loop.
+
+`main` reads top to bottom: set up (arguments, Accelerator, output dir, data, model: the
+shared core, as the Trainer recipe), build the run (data loaders, optimizer, schedule,
+resume), train (one epoch at a time, evaluating after each; a checkpoint every
+--checkpointing_steps), save (final model, results, predictions), wrap up (report, card,
+hub). The steps follow `main` in this file, in the order it calls them.
+
+It runs with plain `python`, `accelerate launch` and `torchrun` (one CPU, several GPUs,
+TPUs through xla_spawn's `_mp_fn`). Everything but the loop comes from the same core as
+`run_summarization.py`, so flags, data checks, metrics and output files are the same.
+
+Exact resume: a checkpoint is Accelerate's `save_state` (model, optimizer, schedule, the
+RNG states of every process) plus `LoopState` (epoch, batches of it already seen, steps,
+loss sum), written through `seqtune.checkpoints` (staging folder, manifest, one rename).
+The order of the training data depends only on --seed and the epoch (Accelerate's
+seedable sampler), and the data loaders draw from their own generators, never from the
+global RNG that dropout uses; so on resume `skip_first_batches` skips the batches already
+seen (their indices only: nothing is loaded or run again) and the run continues bit for
+bit as if it had never stopped (CPU, one process).
+
+What differs from the Trainer recipe, on purpose: the loop always trains and evaluates
+(`--do_predict` adds the test split); with --gradient_accumulation_steps > 1 each
+micro-batch's mean loss counts equally (the Trainer weighs them by their label tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import checkpoints
+from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
+from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
+from ..errors import exit_on_user_error
+from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
+from ..hub import HubPusher
+from ..metrics import decode_token_ids
+from ..outputs import arguments_as_dict, save_final_model
+from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
+from ..progress import Progress
+from ..report import RunLog
+from ..runtime import accelerator_available, is_main_process, setup_logging
+from ..xla import cpu_state_dict
+from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
+
+logger = logging.getLogger(__name__)
+
+PROG = "run_summarization_no_trainer.py"
+TRACKER_PROJECT = "summarization_no_trainer"
+# Parameters without weight decay: biases and normalisation weights (the Trainer's rule).
+NO_DECAY_NAME_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    model_args, data_args, args = parse_arguments((ModelArguments, DataArguments, LoopArguments), argv, prog=PROG)
+    setup_logging()
+    logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
+    checkpoints.check_accelerate_checkpoint(args.resume_from_checkpoint, PROG)
+    accelerator = build_accelerator(args)
+    hub = HubPusher.from_arguments(args, model_args)  # --push_to_hub: checked in set_up_run, before anything
+    setup = set_up_run(
+        model_args, data_args, args, argv=argv, main_process_first=accelerator.main_process_first, hub=hub
+    )
+    warn_fp16_overflow(setup.model.config.model_type, accelerator.mixed_precision)
+    checkpoints.check_accelerate_checkpoint(setup.resume_from, PROG)  # the newest one in --output_dir
+
+    run = build_run(accelerator, args, data_args, setup)
+    if setup.resume_from:
+        resume(run, setup.resume_from)
+    start_logging(run, args, [model_args, data_args, args])
+    started = time.time()
+    eval_metrics = train(run, args, hub)
+    train_metrics = training_metrics(run, time.time() - started, setup.tokenize_runtime)
+
+    model_files = save_final_model(lambda folder: save_model(run, folder), args.output_dir)
+    results: dict = {}
+    run.log.append({**train_metrics, "step": run.state.completed_steps})
+    for split, metrics in (("train", train_metrics), ("eval", eval_metrics)):
+        record_results(args.output_dir, split, metrics, results)
+    if args.do_predict:
+        logger.info("*** Predict ***")
+        metrics = predict(run, run.splits["test"], args)
+        run.log.append({**metrics, "event": "predict", "step": run.state.completed_steps})
+        record_results(args.output_dir, "predict", metrics, results)
+    if run.tracking:
+        accelerator.end_training()
+    wrap_up_run(
+        model_args,
+        data_args,
+        args,
+        setup=setup,
+        results=results,
+        hyperparameters={"num_train_epochs": run.num_train_epochs, "max_train_steps": run.max_train_steps,
+                         "gradient_accumulation_steps": args.gradient_accumulation_steps},
+        command=[PROG, *argv],
+        trainer=f"Accelerate loop, {accelerator.num_processes} process(es)",
+        model_files=model_files,
+        hub=hub,  # --push_to_hub: the final push, after the card
+    )
+    return results
+
+
+def _mp_fn(index: int) -> None:
+    """Entry point for xla_spawn.py (one call per TPU core)."""
+    main()
+
+
+# --------------------------------------------------------------------------- set up
+
+
+class _TiedWeightsNote(logging.Filter):
+    """save_state stores tied weights (T5's shared embeddings) once and warns about it at every
+    checkpoint; load_state ties them again (the resume tests compare every tensor)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+def build_accelerator(args: LoopArguments):
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    trackers = _trackers(args)
+    accelerator = Accelerator(
+        # No GPU: say "cpu", or under torchrun every process would train on its own (gloo needs it).
+        cpu=not accelerator_available(),
+        # --fp16/--bf16; without them, `accelerate launch --mixed_precision` (or its config) decides.
+        mixed_precision=mixed_precision_name(args.fp16, args.bf16) if (args.fp16 or args.bf16) else None,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # The training order depends on --seed and the epoch only, on every process.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # One schedule step per optimizer step, whatever the number of processes (as the Trainer).
+        step_scheduler_with_optimizer=False,
+        log_with=trackers,
+        project_dir=args.output_dir if trackers else None,
+        dynamo_plugin=_compile_settings(args),
+    )
+    logger.info("%s on %d process(es), device %s.", PROG, accelerator.num_processes, accelerator.device)
+    if args.torch_compile:
+        logger.info("torch.compile: backend %s, mode %s (the first steps compile).",
+                    accelerator.state.dynamo_plugin.backend, args.torch_compile_mode or "default")
+    return accelerator
+
+
+def _trackers(args: LoopArguments) -> str | list[str] | None:
+    if not args.with_tracking or args.report_to.strip().lower() in ("none", ""):
+        return None
+    names = [name.strip() for name in args.report_to.split(",") if name.strip()]
+    return "all" if names == ["all"] else names
+
+
+def _compile_settings(args: LoopArguments):
+    """Accelerate's torch.compile settings for --torch_compile (None: eager, unless `accelerate config` says so)."""
+    if not args.torch_compile:
+        return None
+    from accelerate.utils import TorchDynamoPlugin
+
+    # Length-grouped batches change shape every step: compile for dynamic shapes at once
+    # instead of recompiling for the first few widths.
+    return TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode,
+                             dynamic=True)
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint (Accelerate's register_for_checkpointing)."""
+
+    epoch: int = 0  # the epoch in progress
+    batches_seen: int = 0  # batches of that epoch already trained on (this process's share)
+    completed_steps: int = 0  # optimizer steps
+    loss_sum: float = 0.0  # sum over optimizer steps of the step's loss (mean over processes)
+    total_flos: float = 0.0  # floating-point operations of all processes (the Trainer's estimate)
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class LoopRun:
+    """Everything the loop works with, built once by `build_run` (model and loaders prepared by Accelerate)."""
+
+    accelerator: Any
+    model: Any
+    model_type: str | None  # "t5", "bart", ...: named in the message of a non-finite loss
+    tokenizer: Any
+    optimizer: Any
+    lr_scheduler: Any
+    splits: dict
+    collator: Any
+    train_loader: Any
+    eval_loader: Any
+    state: LoopState
+    log: RunLog
+    generation: dict
+    total_batch: int  # examples per optimizer step, all processes together
+    steps_per_epoch: int
+    max_train_steps: int
+    num_train_epochs: int
+    flos_per_input_token: float
+    tracking: bool
+    steps_this_run: int = 0  # optimizer steps taken since this process started (for throughput)
+
+
+def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup: RunSetup) -> LoopRun:
+    """Data loaders, optimizer and schedule, prepared by Accelerate; the state every checkpoint saves."""
+    from transformers import get_scheduler
+
+    model = setup.model
+    splits = {name: _model_inputs_only(dataset, model) for name, dataset in setup.tokenized.items()}
+    collator = build_collator(setup.tokenizer, model, data_args, 8 if accelerator.mixed_precision != "no" else None)
+    total_batch = global_batch_size(
+        args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps
+    )
+    train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch)
+    optimizer = build_optimizer(model, args, accelerator.device)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    lr_scheduler = accelerator.prepare(
+        get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.num_warmup_steps,
+                      num_training_steps=max_train_steps)
+    )
+    state = LoopState()
+    accelerator.register_for_checkpointing(state)
+    return LoopRun(
+        accelerator=accelerator, model=model, model_type=setup.model.config.model_type, tokenizer=setup.tokenizer, optimizer=optimizer,
+        lr_scheduler=lr_scheduler, splits=splits, collator=collator, train_loader=train_loader,
+        eval_loader=eval_loader, state=state, log=RunLog(args.output_dir),
+        generation={k: v for k, v in generation_settings(data_args).items() if v is not None},
+        total_batch=total_batch, steps_per_epoch=steps_per_epoch, max_train_steps=max_train_steps,
+        num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
+        # The Trainer's estimate of the work: 6 x input tokens x parameters (embeddings excluded).
+        flos_per_input_token=6.0 * accelerator.unwrap_model(model).num_parameters(exclude_embeddings=True),
+        tracking=_trackers(args) is not None,
+    )
+
+
+def _model_inputs_only(dataset, model):
+    """Drop columns the model's forward() does not take (e.g. token_type_ids of some tokenizers)."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    return dataset.remove_columns([name for name in dataset.column_names if name not in accepted])
+
+
+def build_data_loaders(splits: dict, collator, args: LoopArguments, group_size: int) -> tuple[DataLoader, DataLoader]:
+    """Training loader in length-grouped (or random) order; evaluation loader longest first.
+
+    Every loader has its own generator: the global RNG is left to dropout, so a resumed run
+    draws the same random numbers as an uninterrupted one.
+    """
+    if args.train_sampling_strategy == "group_by_length":
+        order = {"sampler": LengthGroupedSampler(token_lengths(splits["train"]), group_size, args.seed)}
+    else:
+        order = {"shuffle": True}
+    train_loader = DataLoader(
+        splits["train"], collate_fn=collator, batch_size=args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed), **order,
+    )
+    eval_loader = DataLoader(  # longest first, similar lengths together: less padding
+        length_sorted(splits["validation"]), collate_fn=collator, batch_size=args.per_device_eval_batch_size,
+        generator=torch.Generator(),
+    )
+    return train_loader, eval_loader
+
+
+def build_optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on all but biases and norms: the Trainer's default optimizer."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], NO_DECAY_NAME_PATTERNS))
+    parameters = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for name, p in parameters if name in decay], "weight_decay": args.weight_decay},
+        {"params": [p for name, p in parameters if name not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=device.type in ("cpu", "cuda"))
+
+
+def resume(run: LoopRun, checkpoint: str) -> None:
+    logger.info("Resuming from %s.", checkpoint)
+    run.accelerator.load_state(checkpoint)
+    state = run.state
+    logger.info("Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch,
+                state.batches_seen)
+
+
+def start_logging(run: LoopRun, args: LoopArguments, arguments: list) -> None:
+    """The run log (log_history.jsonl, for the report) and, with --with_tracking, the trackers."""
+    run.log.start(run.state.completed_steps)
+    if run.tracking:
+        config = arguments_as_dict(arguments)
+        run.accelerator.init_trackers(
+            TRACKER_PROJECT, {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
+        )
+    logger.info("***** Training *****")
+    logger.info("  examples = %d, epochs = %d, batch size (all processes, accumulated) = %d, optimizer steps = %d",
+                len(run.splits["train"]), run.num_train_epochs, run.total_batch, run.max_train_steps)
+
+
+# --------------------------------------------------------------------------- train
+
+
+class StepTotals:
+    """Each optimizer step's loss (mean over micro-batches), flos and count, added up on the device.
+
+    They reach `LoopState` only at logging and checkpoint steps (`flush`): no other step waits for
+    a host synchronisation or a collective.
+    """
+
+    def __init__(self, accelerator, state: LoopState):
+        self.accelerator, self.state = accelerator, state
+        self.unflushed = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+
+    def add_step(self, mean_loss: torch.Tensor, flos: float) -> None:
+        device = self.accelerator.device
+        self.unflushed += torch.stack([mean_loss.double(), torch.tensor(flos, dtype=torch.float64, device=device),
+                                       torch.ones((), dtype=torch.float64, device=device)])
+
+    def flush(self) -> float:
+        """Add the unflushed steps to the state (summed over processes); return their mean loss."""
+        loss_sum, flos_sum, steps = self.accelerator.reduce(self.unflushed, reduction="sum").tolist()
+        steps /= self.accelerator.num_processes
+        loss_sum /= self.accelerator.num_processes  # each step's loss: the mean over processes
+        self.state.loss_sum += loss_sum
+        self.state.total_flos += flos_sum
+        self.unflushed.zero_()
+        return loss_sum / max(steps, 1)
+
+
+def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
+    """Train up to --max_train_steps, evaluating after every epoch; return the last evaluation's metrics."""
+    bar = Progress(run.max_train_steps, "Training", unit="step", initial=run.state.completed_steps)
+    totals = StepTotals(run.accelerator, run.state)
+    eval_metrics: dict = {}
+    for epoch in range(run.state.epoch, run.num_train_epochs):
+        if run.state.completed_steps >= run.max_train_steps:
+            break
+        train_one_epoch(run, args, epoch, totals, bar, hub)
+        eval_metrics = evaluate(run)
+        logger.info("epoch %d: %s", epoch, "  ".join(f"{k}={v}" for k, v in eval_metrics.items() if "rouge" in k))
+        run.accelerator.log(eval_metrics, step=run.state.completed_steps)
+        run.log.append({**eval_metrics, "step": run.state.completed_steps})
+        if args.checkpointing_steps == "epoch":
+            totals.flush()
+            save_checkpoint(run, args, hub)
+    bar.close()
+    totals.flush()
+    return eval_metrics or evaluate(run)  # resumed from a checkpoint after the last step: evaluate once
+
+
+def train_one_epoch(run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress,
+                    hub: HubPusher | None) -> None:
+    """The rest of `epoch` (from the batch a resumed run stopped at), or up to --max_train_steps."""
+    accelerator, state = run.accelerator, run.state
+    run.model.train()
+    run.train_loader.set_epoch(epoch)  # the order of this epoch (seed + epoch), resumed or not
+    batches = run.train_loader
+    if state.batches_seen:
+        batches = accelerator.skip_first_batches(run.train_loader, state.batches_seen)
+    accumulated_loss = torch.zeros((), device=accelerator.device)
+    micro_batches, flos = 0, 0.0
+    for batch in batches:
+        loss = training_step(run, args, batch)
+        state.batches_seen += 1
+        accumulated_loss += loss.detach().float()
+        micro_batches += 1
+        flos += run.flos_per_input_token * batch["input_ids"].numel()
+        if not accelerator.sync_gradients:
+            continue
+        # One optimizer step done.
+        if not accelerator.optimizer_step_was_skipped:
+            run.lr_scheduler.step()
+        totals.add_step(accumulated_loss / micro_batches, flos)
+        accumulated_loss.zero_()
+        micro_batches, flos = 0, 0.0
+        state.completed_steps += 1
+        run.steps_this_run += 1
+        bar.update(1)
+        log_and_checkpoint(run, args, epoch, totals, bar, hub)
+        if state.completed_steps >= run.max_train_steps:
+            return
+    state.epoch, state.batches_seen = epoch + 1, 0  # the epoch ran to its end
+
+
+def training_step(run: LoopRun, args: LoopArguments, batch: dict) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer steps once the accumulation is complete."""
+    accelerator = run.accelerator
+    with accelerator.accumulate(run.model):
+        loss = run.model(**batch).loss
+        accelerator.backward(loss)
+        # NaN/inf on any process: every process stops here, before the optimizer step.
+        check_loss_is_finite(loss, run.state.completed_steps + 1, mixed_precision=accelerator.mixed_precision,
+                             model_type=run.model_type,
+                             learning_rate=args.learning_rate, output_dir=args.output_dir)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return loss
+
+
+def log_and_checkpoint(run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress,
+                       hub: HubPusher | None) -> None:
+    """After an optimizer step: log the loss every --logging_steps, checkpoint every --checkpointing_steps."""
+    step = run.state.completed_steps
+    if step % args.logging_steps == 0 or step == run.max_train_steps:
+        interval_loss = totals.flush()  # mean loss since the last log, as the Trainer logs it
+        learning_rate = run.lr_scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=interval_loss, lr=learning_rate)
+        bar.write(f"step {step}/{run.max_train_steps}  epoch {epoch}  loss {interval_loss:.4f}  "
+                  f"learning rate {learning_rate:.3e}")
+        run.accelerator.log({"train_loss": interval_loss, "learning_rate": learning_rate, "epoch": epoch}, step=step)
+        run.log.append({"step": step, "epoch": epoch, "loss": interval_loss, "learning_rate": learning_rate})
+    if args.checkpoint_every and step % args.checkpoint_every == 0:
+        totals.flush()  # the checkpoint holds every step's loss
+        save_checkpoint(run, args, hub)
+
+
+def save_checkpoint(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> None:
+    checkpoints.save_accelerate_checkpoint(
+        run.accelerator, args.output_dir, run.state.completed_steps, args.save_total_limit, hub
+    )
+
+
+# --------------------------------------------------------------------------- evaluate and predict
+
+
+def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progress) -> list[str]:
+    """Loss and generation over a prepared data loader, gathered so that every example counts once;
+    returns the decoded predictions in the loader's order.
+
+    One encoder pass per batch serves the loss and `generate`; each batch is decoded and scored
+    as it comes, so memory stays flat in the number of examples.
+    """
+    accelerator, tokenizer = run.accelerator, run.tokenizer
+    run.model.eval()
+    unwrapped = accelerator.unwrap_model(run.model)
+    predictions: list[str] = []
+    for batch in loader:
+        generated, loss = generate_with_loss(unwrapped, batch, run.generation)
+        # Batches differ in width across processes: pad before gathering. gather_for_metrics drops
+        # the examples the sampler repeated to give every process a full last batch.
+        generated = accelerator.pad_across_processes(generated, dim=1, pad_index=tokenizer.pad_token_id)
+        labels = accelerator.pad_across_processes(batch["labels"], dim=1, pad_index=-100)
+        generated, labels, loss = accelerator.gather_for_metrics((generated, labels, loss))
+        generated = generated.cpu().numpy()
+        decoded = decode_token_ids(generated, tokenizer)
+        totals.scorer.add(decoded, decode_token_ids(labels.cpu().numpy(), tokenizer), generated, tokenizer.pad_token_id)
+        totals.losses.append(loss.cpu())
+        totals.batches += 1
+        predictions.extend(decoded)
+        bar.update(1)
+    if len(predictions) != len(loader.dataset):
+        raise RuntimeError(f"generation covered {len(predictions)} examples of {len(loader.dataset)}")
+    return predictions
+
+
+def evaluate(run: LoopRun) -> dict:
+    """eval_loss, eval_rouge*, eval_gen_len, runtimes, eval_samples and epoch, over the (length-sorted) eval loader."""
+    totals = GenerationTotals()
+    bar = Progress(len(run.eval_loader), "Evaluating", unit="batch", leave=False)
+    generate_batches(run, run.eval_loader, totals, bar)
+    bar.close()
+    metrics = totals.metrics("eval")
+    metrics["epoch"] = round(run.state.completed_steps / run.steps_per_epoch, 4)
+    return metrics
+
+
+def predict(run: LoopRun, dataset, args: LoopArguments) -> dict:
+    """predict_* metrics; generated_predictions.txt streamed in input order (seqtune.generation)."""
+    accelerator, batch_size = run.accelerator, args.per_device_eval_batch_size
+    bar = Progress(math.ceil(len(dataset) / (batch_size * accelerator.num_processes)), "Predicting", unit="batch")
+
+    def generate_window(subset, totals: GenerationTotals) -> list[str]:
+        loader = DataLoader(subset, collate_fn=run.collator, batch_size=batch_size, generator=torch.Generator())
+        return generate_batches(run, accelerator.prepare(loader), totals, bar)
+
+    metrics = predict_to_file(dataset, generate_window, args.output_dir, on_cpu=accelerator.device.type == "cpu")
+    bar.close()
+    return metrics
+
+
+# --------------------------------------------------------------------------- save
+
+
+def training_metrics(run: LoopRun, runtime: float, tokenize_runtime: float) -> dict:
+    state, steps = run.state, run.steps_this_run
+    return {
+        "train_loss": state.loss_sum / max(state.completed_steps, 1),
+        "train_runtime": round(runtime, 4),
+        "train_samples_per_second": round(steps * run.total_batch / max(runtime, 1e-9), 3),
+        "train_steps_per_second": round(steps / max(runtime, 1e-9), 3),
+        "epoch": round(state.completed_steps / run.steps_per_epoch, 4),
+        "total_flos": state.total_flos,
+        "train_samples": len(run.splits["train"]),
+        "tokenize_runtime": tokenize_runtime,
+    }
+
+
+def save_model(run: LoopRun, folder: str) -> None:
+    """The final model and tokenizer, as save_pretrained writes them (loadable by from_pretrained)."""
+    accelerator = run.accelerator
+    unwrapped = accelerator.unwrap_model(run.model)
+    state_dict = cpu_state_dict(accelerator.get_state_dict(run.model))  # every process (gathers sharded weights)
+    # --torch_compile: the compiled wrapper names every weight "_orig_mod.<name>".
+    state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
+    unwrapped.save_pretrained(folder, is_main_process=is_main_process(), save_function=accelerator.save,
+                              state_dict=state_dict)
+    if is_main_process():
+        run.tokenizer.save_pretrained(folder)
+
+
+if __name__ == "__main__":
+    main()
