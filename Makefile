@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-xla bench torture clean
+.PHONY: install demo test lint format test-xla bench torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	@./.ci/ensure_chromium || echo "warning: no chromium: the report's browser test will be skipped"
 	$(PY) -m pytest -n 2 --timeout 900 tests
+
+# ruff (pinned in requirements-dev.txt, configured in pyproject.toml): the tree must be formatted and lint-clean.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The PyTorch/XLA route lives in its own venv: torch_xla must match torch exactly (2.9.0), which
 # cannot share .venv (torch 2.13.0). Its tests run on the CPU XLA device (PJRT_DEVICE=CPU).

@@ -64,16 +64,31 @@ def build_world(root: str, size: str, train: int, evaluation: int, test: int, se
 def common_flags(config: dict, output_dir: str, test_key: str = "test") -> list[str]:
     files = config["files"]
     return [
-        "--model_name_or_path", config["model"],
-        "--train_file", files["train"], "--validation_file", files["validation"], "--test_file", files[test_key],
-        "--source_prefix", "summarize: ",
-        "--output_dir", output_dir, "--overwrite_output_dir",
-        "--max_source_length", str(config["max_source_length"]),
-        "--max_target_length", str(config["max_target_length"]),
-        "--per_device_train_batch_size", str(config["batch_size"]),
-        "--per_device_eval_batch_size", str(config["eval_batch_size"]),
-        "--learning_rate", str(config["learning_rate"]),
-        "--seed", str(config["seed"]),
+        "--model_name_or_path",
+        config["model"],
+        "--train_file",
+        files["train"],
+        "--validation_file",
+        files["validation"],
+        "--test_file",
+        files[test_key],
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        output_dir,
+        "--overwrite_output_dir",
+        "--max_source_length",
+        str(config["max_source_length"]),
+        "--max_target_length",
+        str(config["max_target_length"]),
+        "--per_device_train_batch_size",
+        str(config["batch_size"]),
+        "--per_device_eval_batch_size",
+        str(config["eval_batch_size"]),
+        "--learning_rate",
+        str(config["learning_rate"]),
+        "--seed",
+        str(config["seed"]),
         *(["--bf16"] if config.get("bf16") else []),
     ]
 
@@ -87,8 +102,19 @@ def worker_seqtune_trainer(config: dict, output_dir: str) -> dict:
     from seqtune.recipes.trainer import main
 
     flags = common_flags(config, output_dir, config.get("test_key", "test"))
-    flags += ["--report_to", "none", "--max_steps", str(config["steps"]), "--save_strategy", "no",
-              "--logging_steps", "10", "--predict_with_generate", "--disable_tqdm", "true"]
+    flags += [
+        "--report_to",
+        "none",
+        "--max_steps",
+        str(config["steps"]),
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--predict_with_generate",
+        "--disable_tqdm",
+        "true",
+    ]
     flags += ["--do_predict"] if config.get("predict_only") else ["--do_train", "--do_eval", "--do_predict"]
     flags += config.get("extra_flags", [])
     main(flags)
@@ -120,8 +146,11 @@ def logged_losses(output_dir: str) -> list[tuple[int, float]]:
     """(step, training loss) as seqtune's scripts logged them (the run log, every 10 steps here)."""
     from seqtune.report import read_log
 
-    return [(event["step"], event["loss"]) for event in read_log(output_dir)
-            if event.get("event") == "train" and "loss" in event]
+    return [
+        (event["step"], event["loss"])
+        for event in read_log(output_dir)
+        if event.get("event") == "train" and "loss" in event
+    ]
 
 
 def final_loss(losses: list[tuple[int, float]], steps: int):
@@ -156,29 +185,43 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
     import datasets
     import numpy as np
     import torch
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        set_seed,
+    )
 
     from seqtune.metrics import generation_length, rouge  # the same measures, so quality figures compare
 
     set_seed(config["seed"])
     files = config["files"]
     test_key = config.get("test_key", "test")
-    raw = datasets.load_dataset("json", data_files={"train": files["train"], "validation": files["validation"],
-                                                    "test": files[test_key]})
+    raw = datasets.load_dataset(
+        "json", data_files={"train": files["train"], "validation": files["validation"], "test": files[test_key]}
+    )
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
     model = AutoModelForSeq2SeqLM.from_pretrained(config["model"])
 
     def preprocess(batch, max_target_length):
         inputs = ["summarize: " + text for text in batch["document"]]
         model_inputs = tokenizer(inputs, max_length=config["max_source_length"], truncation=True)
-        model_inputs["labels"] = tokenizer(text_target=batch["summary"], max_length=max_target_length, truncation=True)["input_ids"]
+        model_inputs["labels"] = tokenizer(text_target=batch["summary"], max_length=max_target_length, truncation=True)[
+            "input_ids"
+        ]
         return model_inputs
 
     started = time.perf_counter()
     tokenized = {
-        split: raw[split].map(preprocess, batched=True, remove_columns=raw[split].column_names, load_from_cache_file=False,
-                              fn_kwargs={"max_target_length": config["max_target_length"]})
+        split: raw[split].map(
+            preprocess,
+            batched=True,
+            remove_columns=raw[split].column_names,
+            load_from_cache_file=False,
+            fn_kwargs={"max_target_length": config["max_target_length"]},
+        )
         for split in ("train", "validation", "test")
     }
     tokenize_s = time.perf_counter() - started
@@ -189,21 +232,39 @@ def worker_baseline(config: dict, output_dir: str) -> dict:
             generated = generated[0]
         generated = np.where(generated != -100, generated, tokenizer.pad_token_id)
         labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
-        scores = rouge(tokenizer.batch_decode(generated, skip_special_tokens=True), tokenizer.batch_decode(labels, skip_special_tokens=True))
+        scores = rouge(
+            tokenizer.batch_decode(generated, skip_special_tokens=True),
+            tokenizer.batch_decode(labels, skip_special_tokens=True),
+        )
         scores["gen_len"] = generation_length(generated, tokenizer.pad_token_id)
         return scores
 
     args = Seq2SeqTrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=config["batch_size"],
-        per_device_eval_batch_size=config["eval_batch_size"], learning_rate=config["learning_rate"],
-        max_steps=config["steps"], save_strategy="no", logging_steps=10, report_to="none", seed=config["seed"],
-        predict_with_generate=True, generation_max_length=config["max_target_length"], disable_tqdm=True,
-        dataloader_pin_memory=False, bf16=config.get("bf16", False),
+        output_dir=output_dir,
+        per_device_train_batch_size=config["batch_size"],
+        per_device_eval_batch_size=config["eval_batch_size"],
+        learning_rate=config["learning_rate"],
+        max_steps=config["steps"],
+        save_strategy="no",
+        logging_steps=10,
+        report_to="none",
+        seed=config["seed"],
+        predict_with_generate=True,
+        generation_max_length=config["max_target_length"],
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        bf16=config.get("bf16", False),
         use_cpu=not torch.cuda.is_available(),  # else transformers refuses --bf16 on a CPU-only machine
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-                             processing_class=tokenizer, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-                             compute_metrics=compute_metrics)
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        compute_metrics=compute_metrics,
+    )
     results = {"tokenize_runtime": tokenize_s}
     if not config.get("predict_only"):
         results.update(trainer.train().metrics)
@@ -230,8 +291,14 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     model = AutoModelForSeq2SeqLM.from_pretrained(config["model"]).to(device)
     raw = datasets.load_dataset("json", data_files={"train": config["files"]["train"]})["train"]
     features = [
-        {"input_ids": tokenizer("summarize: " + row["document"], max_length=config["max_source_length"], truncation=True)["input_ids"],
-         "labels": tokenizer(text_target=row["summary"], max_length=config["max_target_length"], truncation=True)["input_ids"]}
+        {
+            "input_ids": tokenizer(
+                "summarize: " + row["document"], max_length=config["max_source_length"], truncation=True
+            )["input_ids"],
+            "labels": tokenizer(text_target=row["summary"], max_length=config["max_target_length"], truncation=True)[
+                "input_ids"
+            ],
+        }
         for row in raw
     ]
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
@@ -245,8 +312,10 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     while len(order) < batch_size * config["steps"]:  # as many epochs as the steps need
         sampler.set_epoch(len(order) // len(features))
         order += list(sampler)
-    batches = [collator([features[i] for i in order[start : start + batch_size]])
-               for start in range(0, batch_size * config["steps"], batch_size)][: config["steps"]]
+    batches = [
+        collator([features[i] for i in order[start : start + batch_size]])
+        for start in range(0, batch_size * config["steps"], batch_size)
+    ][: config["steps"]]
     batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
     model.train()
     started = time.perf_counter()
@@ -259,7 +328,11 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
-    return {"train_s": elapsed, "train_samples_per_s": len(batches) * batch_size / elapsed, "step_ms": 1000 * elapsed / len(batches)}
+    return {
+        "train_s": elapsed,
+        "train_samples_per_s": len(batches) * batch_size / elapsed,
+        "step_ms": 1000 * elapsed / len(batches),
+    }
 
 
 WORKERS = {
@@ -278,12 +351,29 @@ def run_worker(system: str, config: dict, scratch: str) -> dict:
     config_path = os.path.join(output_dir, "..", f"{os.path.basename(output_dir)}.json")
     with open(config_path, "w", encoding="utf-8") as handle:
         json.dump(config, handle)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               HF_DATASETS_CACHE=os.path.join(output_dir, "datasets-cache"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_DATASETS_CACHE=os.path.join(output_dir, "datasets-cache"),
+    )
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--worker", system, "--config", config_path, "--output_dir", output_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            system,
+            "--config",
+            config_path,
+            "--output_dir",
+            output_dir,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
@@ -315,8 +405,12 @@ ROWS = [
 ]
 
 
-RUN_FIGURES = [("train_samples_per_s", "train samples/s"), ("eval_samples_per_s", "eval+generate samples/s"),
-               ("mfu_percent", "MFU %"), ("peak_gpu_mb", "peak GPU MB")]
+RUN_FIGURES = [
+    ("train_samples_per_s", "train samples/s"),
+    ("eval_samples_per_s", "eval+generate samples/s"),
+    ("mfu_percent", "MFU %"),
+    ("peak_gpu_mb", "peak GPU MB"),
+]
 
 
 def median_of(runs: list[dict], key: str):
@@ -337,7 +431,9 @@ def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS
     width = max(17, *(len(s) + 2 for s in systems))
     header = f"{'':<26}" + "".join(f"{s:>{width}}" for s in systems)
     ratios = [s for s in systems if s != "baseline"]
-    header += "".join(f"{s.replace('seqtune-', '').replace('baseline-', '') + '/base':>{max(14, len(s))}}" for s in ratios)
+    header += "".join(
+        f"{s.replace('seqtune-', '').replace('baseline-', '') + '/base':>{max(14, len(s))}}" for s in ratios
+    )
     print(header)
     for key, label, better in rows:
         if all(medians[s].get(key) is None for s in systems):
@@ -348,15 +444,17 @@ def print_table(title: str, medians: dict, systems: list[str], rows: list = ROWS
             value = medians[system].get(key)
             if better is None or value is None or base in (None, 0):
                 digits = 5 if base is not None and 0 < abs(base) < 0.1 else 3
-                ratio = (f"{value - base:+.{digits}f}" if None not in (value, base) else "-")
+                ratio = f"{value - base:+.{digits}f}" if None not in (value, base) else "-"
             elif better == "higher":
                 ratio = f"{value / base:.2f}x"
             else:
                 ratio = f"{base / value:.2f}x" if value else "-"
             line += f"{ratio:>{max(14, len(system))}}"
         print(line)
-    print("(ratios: speed-up where higher is better or time/memory saved where lower is better; "
-          "difference for loss and ROUGE)")
+    print(
+        "(ratios: speed-up where higher is better or time/memory saved where lower is better; "
+        "difference for loss and ROUGE)"
+    )
 
 
 QUALITY_ROWS = [
@@ -389,41 +487,69 @@ def quality_check(args, scratch: str, systems: list[str]) -> None:
     document, so ROUGE measures what the pipelines differ in. The seed sets the batch order and
     dropout (the initial weights are the same): with several seeds the medians are compared and the
     baseline's spread across seeds is the noise any comparison has to beat."""
-    world = build_world(os.path.join(scratch, f"quality-{args.quality_size}"), args.quality_size, args.train_examples,
-                        args.quality_eval_examples, args.test_examples, seed=0)
-    config = dict(world, size=args.quality_size, steps=args.quality_steps, batch_size=args.batch_size,
-                  eval_batch_size=args.eval_batch_size, max_source_length=args.max_source_length,
-                  max_target_length=args.max_target_length, learning_rate=quality_learning_rate(args), bf16=args.bf16)
+    world = build_world(
+        os.path.join(scratch, f"quality-{args.quality_size}"),
+        args.quality_size,
+        args.train_examples,
+        args.quality_eval_examples,
+        args.test_examples,
+        seed=0,
+    )
+    config = dict(
+        world,
+        size=args.quality_size,
+        steps=args.quality_steps,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length,
+        learning_rate=quality_learning_rate(args),
+        bf16=args.bf16,
+    )
     seeds = args.quality_seeds
     runs = {system: [] for system in systems}
     for seed in seeds:
         for system in systems:
             result = run_worker(system, dict(config, seed=seed), scratch)
             runs[system].append(result)
-            print(f"  [quality, {args.quality_size}, {args.quality_steps} steps, seed {seed}] {system}: "
-                  f"wall {result['wall_s']:.1f}s, mean train loss {result['train_loss']:.3f}, "
-                  f"final train loss {fmt(result.get('final_train_loss'))}, ROUGE-1 {result['eval_rouge1']:.2f}", flush=True)
-    results = {system: {key: median_of(system_runs, key) for key, _, _ in QUALITY_ROWS}
-               for system, system_runs in runs.items()}
+            print(
+                f"  [quality, {args.quality_size}, {args.quality_steps} steps, seed {seed}] {system}: "
+                f"wall {result['wall_s']:.1f}s, mean train loss {result['train_loss']:.3f}, "
+                f"final train loss {fmt(result.get('final_train_loss'))}, ROUGE-1 {result['eval_rouge1']:.2f}",
+                flush=True,
+            )
+    results = {
+        system: {key: median_of(system_runs, key) for key, _, _ in QUALITY_ROWS} for system, system_runs in runs.items()
+    }
     runs_label = "one run each" if len(seeds) == 1 else f"medians of seeds {','.join(map(str, seeds))}"
-    print_table(f"quality: {args.quality_size} model, {args.quality_steps} steps, lr {config['learning_rate']:g}, "
-                f"batch {args.batch_size}, "
-                f"{args.quality_eval_examples} evaluation examples ({runs_label})", results, systems, QUALITY_ROWS)
+    print_table(
+        f"quality: {args.quality_size} model, {args.quality_steps} steps, lr {config['learning_rate']:g}, "
+        f"batch {args.batch_size}, "
+        f"{args.quality_eval_examples} evaluation examples ({runs_label})",
+        results,
+        systems,
+        QUALITY_ROWS,
+    )
     if "baseline" not in results:
         return
     if len(seeds) > 1:
         loss_spread = spread_percent([run["train_loss"] for run in runs["baseline"]])
         rouge_spread = spread([run["eval_rouge1"] for run in runs["baseline"]])
-        print(f"  noise: the baseline's mean train loss spans {loss_spread:.2f}% and its ROUGE-1 {rouge_spread:.2f} points "
-              f"across the {len(seeds)} seeds")
+        print(
+            f"  noise: the baseline's mean train loss spans {loss_spread:.2f}% "
+            f"and its ROUGE-1 {rouge_spread:.2f} points "
+            f"across the {len(seeds)} seeds"
+        )
     for system in [s for s in systems if s != "baseline"]:
         loss = 100 * abs(results[system]["train_loss"] / results["baseline"]["train_loss"] - 1)
         rouge = abs(results[system]["eval_rouge1"] - results["baseline"]["eval_rouge1"])
         note = "  (noise: the baseline in another order)" if system == "baseline-reseeded" else ""
         final, base_final = results[system]["final_train_loss"], results["baseline"]["final_train_loss"]
         if final is not None and base_final:  # the target is on the final loss; the run mean where none was logged
-            verdict = (f"final train loss within {100 * abs(final / base_final - 1):.2f}% of the baseline's "
-                       f"(target 2%; run mean: {loss:.2f}%)")
+            verdict = (
+                f"final train loss within {100 * abs(final / base_final - 1):.2f}% of the baseline's "
+                f"(target 2%; run mean: {loss:.2f}%)"
+            )
         else:
             verdict = f"mean train loss within {loss:.2f}% of the baseline's (target 2%)"
         print(f"  {system}: {verdict}, ROUGE-1 within {rouge:.2f} points (target 0.3){note}")
@@ -450,18 +576,31 @@ def spread_percent(values: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="tiny,small",
-                        help="Model sizes to run: tiny, small, t5-small (the shapes of Google's t5-small, 60M parameters: "
-                        "for a GPU).")
+    parser.add_argument(
+        "--sizes",
+        default="tiny,small",
+        help="Model sizes to run: tiny, small, t5-small (the shapes of Google's t5-small, 60M parameters: for a GPU).",
+    )
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision in every system (GPU runs).")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="The accelerator's peak TFLOP/s for model FLOPs utilisation (default: known GPUs' dense "
-                        "bf16 peak, e.g. 989 for an H100/H200 SXM; none on a CPU).")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"Systems to compare: {', '.join(SYSTEMS)}, seqtune-trainer-random (the baseline's "
-                        "random order: isolates what the batch order changes in loss and ROUGE).")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="Runs per system; the median is reported (0: only the quality comparison).")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="The accelerator's peak TFLOP/s for model FLOPs utilisation (default: known GPUs' dense "
+        "bf16 peak, e.g. 989 for an H100/H200 SXM; none on a CPU).",
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"Systems to compare: {', '.join(SYSTEMS)}, seqtune-trainer-random (the baseline's "
+        "random order: isolates what the batch order changes in loss and ROUGE).",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="Runs per system; the median is reported (0: only the quality comparison).",
+    )
     parser.add_argument("--train_examples", type=int, default=512)
     parser.add_argument("--eval_examples", type=int, default=64)
     parser.add_argument("--test_examples", type=int, default=32)
@@ -472,24 +611,43 @@ def main() -> None:
     parser.add_argument("--max_target_length", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--skip_memory", action="store_true", help="Skip the 10x-test-set prediction memory check.")
-    parser.add_argument("--quality_steps", type=int, default=QUALITY_STEPS,
-                        help="Training steps of the quality comparison (one run per system and seed, long enough for the models "
-                        "to learn the task); 0 skips it.")
+    parser.add_argument(
+        "--quality_steps",
+        type=int,
+        default=QUALITY_STEPS,
+        help="Training steps of the quality comparison (one run per system and seed, long enough for the models "
+        "to learn the task); 0 skips it.",
+    )
     parser.add_argument("--quality_size", default=QUALITY_SIZE, help="Model size of the quality comparison.")
-    parser.add_argument("--quality_learning_rate", type=float, default=None,
-                        help="Learning rate of the quality comparison, the same for every system (default: "
-                        + ", ".join(f"{rate:g} for {size}" for size, rate in QUALITY_LEARNING_RATES.items())
-                        + "; --learning_rate for other sizes).")
-    parser.add_argument("--quality_systems", default="baseline,baseline-reseeded,seqtune-trainer,seqtune-loop",
-                        help="Systems of the quality comparison; baseline-reseeded (the baseline with the next seed: "
-                        "only the batch order changes) shows how much loss and ROUGE move with the order alone (with several "
-                        "--quality_seeds the baseline's spread shows it instead).")
-    parser.add_argument("--quality_seeds", type=seed_list, default=[0],
-                        help="Comma-separated training seeds of the quality comparison (e.g. 0,1,2): each system runs "
-                        "once per seed, the medians are compared and the baseline's spread across seeds is printed "
-                        "as the noise.")
-    parser.add_argument("--quality_eval_examples", type=int, default=256,
-                        help="Evaluation examples of the quality comparison (more: less sampling noise in ROUGE).")
+    parser.add_argument(
+        "--quality_learning_rate",
+        type=float,
+        default=None,
+        help="Learning rate of the quality comparison, the same for every system (default: "
+        + ", ".join(f"{rate:g} for {size}" for size, rate in QUALITY_LEARNING_RATES.items())
+        + "; --learning_rate for other sizes).",
+    )
+    parser.add_argument(
+        "--quality_systems",
+        default="baseline,baseline-reseeded,seqtune-trainer,seqtune-loop",
+        help="Systems of the quality comparison; baseline-reseeded (the baseline with the next seed: "
+        "only the batch order changes) shows how much loss and ROUGE move with the order alone (with several "
+        "--quality_seeds the baseline's spread shows it instead).",
+    )
+    parser.add_argument(
+        "--quality_seeds",
+        type=seed_list,
+        default=[0],
+        help="Comma-separated training seeds of the quality comparison (e.g. 0,1,2): each system runs "
+        "once per seed, the medians are compared and the baseline's spread across seeds is printed "
+        "as the noise.",
+    )
+    parser.add_argument(
+        "--quality_eval_examples",
+        type=int,
+        default=256,
+        help="Evaluation examples of the quality comparison (more: less sampling noise in ROUGE).",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--output_dir", help=argparse.SUPPRESS)
@@ -517,17 +675,31 @@ def main() -> None:
     systems = [s for s in args.systems.split(",") if s]
     peak_flops = 1e12 * (args.peak_tflops or known_peak_tflops() or 0)
     if torch.cuda.is_available():
-        print(f"GPU: {torch.cuda.get_device_name()}, peak {peak_flops / 1e12:.0f} TFLOP/s for model FLOPs utilisation"
-              f"{'' if args.bf16 else ' (a bf16 peak: pass --bf16, or --peak_tflops for fp32/tf32)'}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
+        print(
+            f"GPU: {torch.cuda.get_device_name()}, peak {peak_flops / 1e12:.0f} TFLOP/s for model FLOPs utilisation"
+            f"{'' if args.bf16 else ' (a bf16 peak: pass --bf16, or --peak_tflops for fp32/tf32)'}"
+        )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
+    )
     with tempfile.TemporaryDirectory(prefix="seqtune-bench-") as scratch:
         for size in args.sizes.split(",") if args.repeats else []:
-            world = build_world(os.path.join(scratch, size), size, args.train_examples, args.eval_examples,
-                                args.test_examples, seed=0)
-            config = dict(world, size=size, steps=args.steps, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-                          max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                          learning_rate=args.learning_rate, seed=0, bf16=args.bf16)
+            world = build_world(
+                os.path.join(scratch, size), size, args.train_examples, args.eval_examples, args.test_examples, seed=0
+            )
+            config = dict(
+                world,
+                size=size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                eval_batch_size=args.eval_batch_size,
+                max_source_length=args.max_source_length,
+                max_target_length=args.max_target_length,
+                learning_rate=args.learning_rate,
+                seed=0,
+                bf16=args.bf16,
+            )
             mean_tokens, flops_per_example = train_example_costs(config)
             runs = {system: [] for system in systems + ["floor"]}
             for repeat in range(args.repeats):
@@ -539,18 +711,27 @@ def main() -> None:
                             result["mfu_percent"] = 100 * result["train_samples_per_s"] * flops_per_example / peak_flops
                     runs[system].append(result)
                     # Each run's figures as it ends: an invocation stopped before its table (a time limit) keeps them.
-                    figures = "".join(f", {label} {fmt(result.get(key))}" for key, label in RUN_FIGURES
-                                      if result.get(key) is not None)
-                    print(f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s{figures}",
-                          flush=True)
+                    figures = "".join(
+                        f", {label} {fmt(result.get(key))}" for key, label in RUN_FIGURES if result.get(key) is not None
+                    )
+                    print(
+                        f"  [{size} run {repeat + 1}/{args.repeats}] {system}: wall {result['wall_s']:.1f}s{figures}",
+                        flush=True,
+                    )
             medians = {system: {key: median_of(results, key) for key, _, _ in ROWS} for system, results in runs.items()}
-            print_table(f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
-                        f"batch {args.batch_size} (medians of {args.repeats})", medians, systems)
+            print_table(
+                f"{size} model, {args.train_examples} train docs of ~100-1500 tokens, {args.steps} steps, "
+                f"batch {args.batch_size} (medians of {args.repeats})",
+                medians,
+                systems,
+            )
             floor = median_of(runs["floor"], "step_ms")
             floor_mfu = median_of(runs["floor"], "mfu_percent")
-            print(f"floor (bare PyTorch fwd/bwd/AdamW on seqtune's batches): {floor:.1f} ms/step, "
-                  f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s"
-                  + (f", model FLOPs utilisation {floor_mfu:.1f}%" if floor_mfu is not None else ""))
+            print(
+                f"floor (bare PyTorch fwd/bwd/AdamW on seqtune's batches): {floor:.1f} ms/step, "
+                f"{median_of(runs['floor'], 'train_samples_per_s'):.1f} samples/s"
+                + (f", model FLOPs utilisation {floor_mfu:.1f}%" if floor_mfu is not None else "")
+            )
             if not args.skip_memory:
                 memory_check(config, scratch, systems)
         if args.quality_steps:
@@ -590,8 +771,10 @@ def training_flops(model, source_tokens: int, target_tokens: int) -> float:
     for name, parameter in model.named_parameters():
         part = next((p for p in name.split(".")[:2] if p in weights), None)
         if part and parameter.dim() >= 2 and "embed" not in name and "relative_attention_bias" not in name:
-            if part == "decoder" and any(k in name for k in ("EncDecAttention.k.", "EncDecAttention.v.",
-                                                               "encoder_attn.k_proj.", "encoder_attn.v_proj.")):
+            if part == "decoder" and any(
+                k in name
+                for k in ("EncDecAttention.k.", "EncDecAttention.v.", "encoder_attn.k_proj.", "encoder_attn.v_proj.")
+            ):
                 part = "cross_kv"
             weights[part] += parameter.numel()
     width = config.d_model
@@ -599,8 +782,11 @@ def training_flops(model, source_tokens: int, target_tokens: int) -> float:
     encoder_layers = getattr(config, "num_layers", None) or config.encoder_layers
     decoder_layers = getattr(config, "num_decoder_layers", None) or config.decoder_layers
     source, target = source_tokens, target_tokens
-    forward = (2 * (weights["encoder"] + weights["cross_kv"]) * source + 2 * (weights["decoder"] + config.vocab_size * width) * target
-               + 4 * inner * (encoder_layers * source * source + decoder_layers * (target * target + target * source)))
+    forward = (
+        2 * (weights["encoder"] + weights["cross_kv"]) * source
+        + 2 * (weights["decoder"] + config.vocab_size * width) * target
+        + 4 * inner * (encoder_layers * source * source + decoder_layers * (target * target + target * source))
+    )
     return 3.0 * forward
 
 
@@ -625,7 +811,10 @@ def memory_check(config: dict, scratch: str, systems: list[str]) -> None:
         for key in ("test", "test_10x"):
             result = run_worker(system, dict(config, predict_only=True, test_key=key), scratch)
             peaks.append(result["peak_rss_mb"])
-        print(f"  {system:<17} x1 {peaks[0]:8.1f} MB   x10 {peaks[1]:8.1f} MB   growth {100 * (peaks[1] / peaks[0] - 1):+.1f}%")
+        print(
+            f"  {system:<17} x1 {peaks[0]:8.1f} MB   x10 {peaks[1]:8.1f} MB   "
+            f"growth {100 * (peaks[1] / peaks[0] - 1):+.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ call carries at most 64 MiB, so a large wheel is slimmed to what seqtune imports
                                                          # not satisfy what the wheels in WHEEL_DIR require,
                                                          # exit 0 if it does
 """
+
 import fnmatch
 import glob
 import os
@@ -18,7 +19,6 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-
 UNMET = 3  # the exit status of `unmet` when the requirement is not met (1 and 2 are Python's own failures)
 
 
@@ -26,6 +26,7 @@ def slim_wheel(path: str, patterns: list[str]) -> int:
     """Rewrite the wheel at `path` without the members matching any of `patterns` (fnmatch globs on the
     member's name), and without their lines in RECORD, so pip installs it as a consistent package.
     Returns the compressed bytes saved."""
+
     def dropped(name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
@@ -81,7 +82,9 @@ def unmet(wheel_dir: str, name: str) -> str | None:
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "slim":
         saved = slim_wheel(argv[1], argv[2:])
-        print(f"{os.path.basename(argv[1])}: {saved / 1e6:.1f} MB dropped, {os.path.getsize(argv[1]) / 1e6:.1f} MB left")
+        print(
+            f"{os.path.basename(argv[1])}: {saved / 1e6:.1f} MB dropped, {os.path.getsize(argv[1]) / 1e6:.1f} MB left"
+        )
         return 0
     if len(argv) == 3 and argv[0] == "unmet":
         reason = unmet(argv[1], argv[2])

@@ -61,53 +61,84 @@ def is_loop_script(script: str) -> bool:
     return "no_trainer" in os.path.basename(script)
 
 
-def build_command(script: str, model: str, files: dict, output_dir: str, max_steps: int, save_steps: int,
-                  save_total_limit: int, seed: int = 0) -> list[str]:
+def build_command(
+    script: str,
+    model: str,
+    files: dict,
+    output_dir: str,
+    max_steps: int,
+    save_steps: int,
+    save_total_limit: int,
+    seed: int = 0,
+) -> list[str]:
     """The one command every attempt runs (same flags each time, as a user would)."""
     common = [
-        "--model_name_or_path", model,
-        "--train_file", files["train"],
-        "--source_prefix", "summarize: ",
-        "--output_dir", output_dir,
-        "--max_source_length", "96",
-        "--max_target_length", "24",
-        "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-3",
-        "--seed", str(seed),
-        "--report_to", "none",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        files["train"],
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        output_dir,
+        "--max_source_length",
+        "96",
+        "--max_target_length",
+        "24",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--seed",
+        str(seed),
+        "--report_to",
+        "none",
     ]
     if is_loop_script(script):
         specific = [  # this loop evaluates after every epoch, so it needs a validation file
-            "--validation_file", files["validation"],
-            "--per_device_eval_batch_size", "16",
-            "--max_eval_samples", "4",
-            "--max_train_steps", str(max_steps),
-            "--checkpointing_steps", str(save_steps),
-            "--save_total_limit", str(save_total_limit),
+            "--validation_file",
+            files["validation"],
+            "--per_device_eval_batch_size",
+            "16",
+            "--max_eval_samples",
+            "4",
+            "--max_train_steps",
+            str(max_steps),
+            "--checkpointing_steps",
+            str(save_steps),
+            "--save_total_limit",
+            str(save_total_limit),
         ]
     else:
         specific = [
             "--do_train",
-            "--max_steps", str(max_steps),
-            "--save_steps", str(save_steps),
-            "--save_total_limit", str(save_total_limit),
-            "--logging_steps", str(save_steps),
-            "--disable_tqdm", "true",
+            "--max_steps",
+            str(max_steps),
+            "--save_steps",
+            str(save_steps),
+            "--save_total_limit",
+            str(save_total_limit),
+            "--logging_steps",
+            str(save_steps),
+            "--disable_tqdm",
+            "true",
         ]
     return [sys.executable, script, *common, *specific]
 
 
 def child_env(workdir: str) -> dict:
     env = dict(os.environ)
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-        "HF_HOME": os.path.join(workdir, "hf-home"),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            "HF_HOME": os.path.join(workdir, "hf-home"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -222,8 +253,17 @@ def _sleep_alive(seconds: float, process) -> None:
         time.sleep(0.002)
 
 
-def run_attempt(number: int, command: list[str], output_dir: str, env: dict, log_dir: str, mode: str | None,
-                rng: random.Random, startup_guess: float, timeout: float) -> Attempt:
+def run_attempt(
+    number: int,
+    command: list[str],
+    output_dir: str,
+    env: dict,
+    log_dir: str,
+    mode: str | None,
+    rng: random.Random,
+    startup_guess: float,
+    timeout: float,
+) -> Attempt:
     attempt = Attempt(number=number, mode=mode)
     log_path = os.path.join(log_dir, f"attempt-{number:02d}.log")
     attempt.log = log_path
@@ -241,7 +281,9 @@ def run_attempt(number: int, command: list[str], output_dir: str, env: dict, log
                 trigger = process.poll() is None
             elif mode == "step":
                 # After the first checkpoint of this attempt, somewhere in the next few steps.
-                trigger = _wait(lambda: set(visible_checkpoints(output_dir)) - before_checkpoints, process, deadline, 0.005)
+                trigger = _wait(
+                    lambda: set(visible_checkpoints(output_dir)) - before_checkpoints, process, deadline, 0.005
+                )
                 if trigger:
                     _sleep_alive(rng.uniform(0.0, 0.3), process)
             elif mode in ("checkpoint", "rotation"):
@@ -252,8 +294,12 @@ def run_attempt(number: int, command: list[str], output_dir: str, env: dict, log
                     seen = lambda: _staging_entries(output_dir) - before_staging  # noqa: E731
                 else:
                     seen = lambda: _trash(output_dir) - before_trash  # noqa: E731
-                trigger = _wait(lambda: seen() or len(set(visible_checkpoints(output_dir)) - before_checkpoints) >= 3,
-                                process, deadline, 0.001)
+                trigger = _wait(
+                    lambda: seen() or len(set(visible_checkpoints(output_dir)) - before_checkpoints) >= 3,
+                    process,
+                    deadline,
+                    0.001,
+                )
                 if trigger and not seen():
                     attempt.notes.append(f"no {mode} moment caught; killed after a publish")
                 elif trigger and mode == "checkpoint":
@@ -308,12 +354,16 @@ class Report:
         return not self.problems
 
     def summary(self) -> str:
-        lines = [f"kill torture of {os.path.basename(self.script)}: {self.kills} kills, "
-                 f"{len(self.attempts)} attempts, final step {self.final_step}/{self.expected_steps}"]
+        lines = [
+            f"kill torture of {os.path.basename(self.script)}: {self.kills} kills, "
+            f"{len(self.attempts)} attempts, final step {self.final_step}/{self.expected_steps}"
+        ]
         for a in self.attempts:
             how = f"killed ({a.mode})" if a.killed else f"exit {a.returncode}"
-            lines.append(f"  attempt {a.number:2d}: {how:<22} after {a.seconds:5.1f} s; newest complete checkpoint "
-                         f"{a.newest_after}{'; ' + '; '.join(a.notes) if a.notes else ''}")
+            lines.append(
+                f"  attempt {a.number:2d}: {how:<22} after {a.seconds:5.1f} s; newest complete checkpoint "
+                f"{a.newest_after}{'; ' + '; '.join(a.notes) if a.notes else ''}"
+            )
         if self.weights_equal is not None:
             lines.append(f"  final weights equal to an uninterrupted run: {self.weights_equal}")
         lines.append("  OK" if self.ok else "  PROBLEMS:\n    " + "\n    ".join(self.problems))
@@ -379,10 +429,21 @@ def build_world(workdir: str) -> tuple[str, dict]:
     return model, files
 
 
-def torture(script: str = TRAINER_SCRIPT, kills: int = 3, workdir: str | None = None, seed: int = 0,
-            modes: list[str] | None = None, model: str | None = None, files: dict | None = None,
-            save_steps: int = 2, save_total_limit: int = 2, max_steps: int | None = None,
-            same_weights: bool | None = None, attempt_timeout: float = 300.0, verbose: bool = True) -> Report:
+def torture(
+    script: str = TRAINER_SCRIPT,
+    kills: int = 3,
+    workdir: str | None = None,
+    seed: int = 0,
+    modes: list[str] | None = None,
+    model: str | None = None,
+    files: dict | None = None,
+    save_steps: int = 2,
+    save_total_limit: int = 2,
+    max_steps: int | None = None,
+    same_weights: bool | None = None,
+    attempt_timeout: float = 300.0,
+    verbose: bool = True,
+) -> Report:
     """Kill `script` `kills` times at random moments, resume it each time, and check everything.
 
     `modes` fixes the kind of each kill in order (default: random, with a kill during the
@@ -423,7 +484,8 @@ def torture(script: str = TRAINER_SCRIPT, kills: int = 3, workdir: str | None = 
         decided = resumed is not None or not attempt.killed or attempt.published
         if decided and resumed != expected_resume:
             report.problems.append(
-                f"attempt {number} resumed from checkpoint {resumed}, but the newest complete one was {expected_resume} "
+                f"attempt {number} resumed from checkpoint {resumed}, "
+                f"but the newest complete one was {expected_resume} "
                 f"(log: {attempt.log})"
             )
         for step, folder in visible_checkpoints(output_dir).items():
@@ -433,11 +495,15 @@ def torture(script: str = TRAINER_SCRIPT, kills: int = 3, workdir: str | None = 
             expected_resume = attempt.newest_after
             if attempt.seconds > 1.0 and mode != "startup" and attempt.newest_after is not None:
                 startup_guess = max(2.0, min(startup_guess, attempt.seconds))
-            say(f"attempt {number}: killed ({mode}) after {attempt.seconds:.1f} s; newest complete checkpoint "
-                f"{attempt.newest_after}")
+            say(
+                f"attempt {number}: killed ({mode}) after {attempt.seconds:.1f} s; newest complete checkpoint "
+                f"{attempt.newest_after}"
+            )
             continue
         if attempt.returncode != 0:
-            report.problems.append(f"attempt {number} failed with exit status {attempt.returncode} (log: {attempt.log})")
+            report.problems.append(
+                f"attempt {number} failed with exit status {attempt.returncode} (log: {attempt.log})"
+            )
             break
         if mode is not None:
             attempt.notes.append(f"finished before the {mode} kill came")
@@ -453,13 +519,15 @@ def torture(script: str = TRAINER_SCRIPT, kills: int = 3, workdir: str | None = 
         reference_dir = os.path.join(workdir, "reference")
         shutil.rmtree(reference_dir, ignore_errors=True)
         reference = build_command(script, model, files, reference_dir, max_steps, save_steps, save_total_limit, seed)
-        result = subprocess.run(reference, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                timeout=attempt_timeout)
+        result = subprocess.run(
+            reference, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=attempt_timeout
+        )
         if result.returncode != 0:
             report.problems.append(f"the uninterrupted reference run failed:\n{result.stdout[-3000:]}")
         else:
-            equal, detail = compare_weights(os.path.join(output_dir, "model.safetensors"),
-                                            os.path.join(reference_dir, "model.safetensors"))
+            equal, detail = compare_weights(
+                os.path.join(output_dir, "model.safetensors"), os.path.join(reference_dir, "model.safetensors")
+            )
             report.weights_equal = equal
             if not equal:
                 report.problems.append(f"final weights differ from an uninterrupted run ({detail})")
@@ -469,17 +537,26 @@ def torture(script: str = TRAINER_SCRIPT, kills: int = 3, workdir: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--script", default=TRAINER_SCRIPT, help="the training script to torture (default: the Trainer one)")
+    parser.add_argument(
+        "--script", default=TRAINER_SCRIPT, help="the training script to torture (default: the Trainer one)"
+    )
     parser.add_argument("--kills", type=int, default=20, help="how many times to SIGKILL the run (default: 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule and of the run")
     parser.add_argument("--workdir", default=None, help="where the model, data, run and logs go (default: a temp dir)")
     parser.add_argument("--save_steps", type=int, default=2)
     parser.add_argument("--save_total_limit", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=None, help="default: enough for every kill to land")
-    parser.add_argument("--modes", default=None, help=f"comma-separated kill kinds in order, of {MODES + (FINAL_MODE,)}")
+    parser.add_argument(
+        "--modes", default=None, help=f"comma-separated kill kinds in order, of {MODES + (FINAL_MODE,)}"
+    )
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--same_weights", dest="same_weights", action="store_true", default=None,
-                         help="also compare the final weights with an uninterrupted run (default for no_trainer)")
+    weights.add_argument(
+        "--same_weights",
+        dest="same_weights",
+        action="store_true",
+        default=None,
+        help="also compare the final weights with an uninterrupted run (default for no_trainer)",
+    )
     weights.add_argument("--no_same_weights", dest="same_weights", action="store_false")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.script):
@@ -490,9 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="seqtune-torture-")
     print(f"work dir (model, data, run, one log per attempt): {workdir}")
     kills = len(modes) if modes else args.kills
-    report = torture(args.script, kills=kills, workdir=workdir, seed=args.seed, modes=modes,
-                     save_steps=args.save_steps, save_total_limit=args.save_total_limit, max_steps=args.max_steps,
-                     same_weights=args.same_weights)
+    report = torture(
+        args.script,
+        kills=kills,
+        workdir=workdir,
+        seed=args.seed,
+        modes=modes,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        max_steps=args.max_steps,
+        same_weights=args.same_weights,
+    )
     ok = report.ok and report.kills == kills
     if not ok and report.kills != kills:
         print(f"only {report.kills} of {kills} kills landed before the run finished: raise --max_steps")

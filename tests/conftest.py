@@ -59,7 +59,9 @@ def trap_model(tmp_path_factory) -> str:
     config.update(init_std=0.2)
     torch.manual_seed(0)
     model = BartForConditionalGeneration(BartConfig(**config))
-    encoder_embedding = torch.nn.Embedding.from_pretrained(model.model.shared.weight.detach().clone(), freeze=False, padding_idx=0)
+    encoder_embedding = torch.nn.Embedding.from_pretrained(
+        model.model.shared.weight.detach().clone(), freeze=False, padding_idx=0
+    )
     with torch.no_grad():
         encoder_embedding.weight[tokenizer.unk_token_id] = float("inf")
     model.model.encoder.embed_tokens = encoder_embedding  # saved apart, so it loads untied
@@ -89,25 +91,44 @@ def isolated_hf_home(tmp_path, monkeypatch) -> str:
 def quick_args(model: str, files: dict, output_dir, *extra: str) -> list[str]:
     """Flags for a run of a few steps on the tiny world."""
     return [
-        "--model_name_or_path", model,
-        "--train_file", files["train"],
-        "--validation_file", files["validation"],
-        "--test_file", files["test"],
-        "--source_prefix", "summarize: ",
-        "--output_dir", str(output_dir),
-        "--max_source_length", "96",
-        "--max_target_length", "24",
-        "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "8",
-        "--learning_rate", "1e-3",
-        "--report_to", "none",
-        "--seed", "0",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        files["train"],
+        "--validation_file",
+        files["validation"],
+        "--test_file",
+        files["test"],
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        str(output_dir),
+        "--max_source_length",
+        "96",
+        "--max_target_length",
+        "24",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
         *extra,
     ]
 
 
-def run_script(script: str, args: list[str], launcher: list[str] | None = None, env: dict | None = None,
-               timeout: int = 600, cwd: str | None = None) -> subprocess.CompletedProcess:
+def run_script(
+    script: str,
+    args: list[str],
+    launcher: list[str] | None = None,
+    env: dict | None = None,
+    timeout: int = 600,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess:
     """Run a script in a real subprocess (optionally through a launcher such as torchrun)."""
     command = (launcher or [sys.executable]) + [script] + [str(a) for a in args]
     full_env = dict(os.environ)
@@ -146,13 +167,17 @@ def write_hub_layout(root, name, rows_by_split, config="3.0.0"):
     for split, rows in rows_by_split.items():
         pd.DataFrame(rows).to_parquet(folder / config / f"{split}-00000-of-00001.parquet")
     files = "\n".join(f"  - split: {split}\n    path: {config}/{split}-*.parquet" for split in rows_by_split)
-    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}\n---\n# {name}\n")
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}\n---\n# {name}\n"
+    )
     return folder
 
 
 def cnn_rows(count, seed):
-    return [{"article": r["document"], "highlights": r["summary"], "id": str(i)}
-            for i, r in enumerate(synthetic_corpus(count, seed=seed))]
+    return [
+        {"article": r["document"], "highlights": r["summary"], "id": str(i)}
+        for i, r in enumerate(synthetic_corpus(count, seed=seed))
+    ]
 
 
 def put_in_hf_cache(hf_home, repo_id, source_folder):
@@ -165,5 +190,18 @@ def put_in_hf_cache(hf_home, repo_id, source_folder):
     (repo / "refs" / "main").write_text(revision)
 
 
-__all__ = ["cnn_rows", "put_in_hf_cache", "write_hub_layout", "quick_args", "run_script", "synthetic_corpus", "write_jsonl", "TRAINER_SCRIPT", "LOOP_SCRIPT", "REPO",
-           "UNKNOWN_WORD", "free_port", "torchrun"]
+__all__ = [
+    "cnn_rows",
+    "put_in_hf_cache",
+    "write_hub_layout",
+    "quick_args",
+    "run_script",
+    "synthetic_corpus",
+    "write_jsonl",
+    "TRAINER_SCRIPT",
+    "LOOP_SCRIPT",
+    "REPO",
+    "UNKNOWN_WORD",
+    "free_port",
+    "torchrun",
+]

@@ -117,7 +117,7 @@ class FakeHub:
 
     def user_for(self, headers) -> User | None:
         auth = headers.get("Authorization") or ""
-        return self.users.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+        return self.users.get(auth[len("Bearer ") :]) if auth.startswith("Bearer ") else None
 
     def handle(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
         with self.lock:
@@ -138,8 +138,12 @@ class FakeHub:
                 if repo is None or (repo.visibility == "private" and user is None):
                     return 404, {"error": "Repository not found"}
                 if method == "GET" and (rest == "" or rest.startswith("/revision/")):
-                    return 200, {"id": repo.repo_id, "sha": repo.head, "private": repo.visibility == "private",
-                                 "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+                    return 200, {
+                        "id": repo.repo_id,
+                        "sha": repo.head,
+                        "private": repo.visibility == "private",
+                        "siblings": [{"rfilename": p} for p in sorted(repo.files)],
+                    }
                 if user is None or not self._may_write(user, repo.repo_id):
                     return 401 if user is None else 403, {"error": "not allowed"}
                 if method == "POST" and rest.startswith("/preupload/"):
@@ -185,7 +189,9 @@ class FakeHub:
         payload = json.loads(body)
         repo_id = f"{payload.get('organization') or user.name}/{payload['name']}"
         if not self._may_write(user, repo_id):
-            return 403, {"error": f"You don't have the rights to create a model under the namespace {repo_id.split('/')[0]}"}
+            return 403, {
+                "error": f"You don't have the rights to create a model under the namespace {repo_id.split('/')[0]}"
+            }
         url = f"{self.url}/{repo_id}"
         if repo_id in self.repos:
             return 409, {"error": "You already created this model repo", "url": url}
@@ -219,7 +225,11 @@ class FakeHub:
             if key == "header":
                 header = value
             elif key == "file":
-                added[value["path"]] = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+                added[value["path"]] = (
+                    base64.b64decode(value["content"])
+                    if value.get("encoding") == "base64"
+                    else value["content"].encode()
+                )
             elif key in ("deletedFile", "deletedFolder"):
                 deleted.append(value["path"])
             else:
@@ -231,8 +241,12 @@ class FakeHub:
                 del repo.files[name]
         repo.files.update(added)
         repo.commits.append(Commit(header["summary"], header.get("description", ""), added, deleted))
-        return 200, {"success": True, "commitOid": repo.head, "commitUrl": f"{self.url}/{repo.repo_id}/commit/{repo.head}",
-                     "pullRequestUrl": None}
+        return 200, {
+            "success": True,
+            "commitOid": repo.head,
+            "commitUrl": f"{self.url}/{repo.repo_id}/commit/{repo.head}",
+            "pullRequestUrl": None,
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):

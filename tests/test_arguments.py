@@ -7,9 +7,9 @@ import os
 import re
 
 import pytest
+from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT, run_script
 from transformers import HfArgumentParser
 
-from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT, run_script
 from seqtune.arguments import (
     DataArguments,
     LoopArguments,
@@ -26,8 +26,10 @@ LOOP_TYPES = (ModelArguments, DataArguments, LoopArguments)
 # The flags and defaults both scripts had before the refactor into recipes (issue 18): none may go
 # missing or change its default.
 SAVED_FLAGS = os.path.join(REPO, "tests", "data", "flags.json")
-SCRIPTS = {"run_summarization.py": (TRAINER_SCRIPT, TRAINER_TYPES),
-           "run_summarization_no_trainer.py": (LOOP_SCRIPT, LOOP_TYPES)}
+SCRIPTS = {
+    "run_summarization.py": (TRAINER_SCRIPT, TRAINER_TYPES),
+    "run_summarization_no_trainer.py": (LOOP_SCRIPT, LOOP_TYPES),
+}
 
 
 def plain(value):
@@ -58,21 +60,26 @@ def test_output_dir_is_required_and_expanded(monkeypatch, tmp_path):
         assert parse_arguments(types, ["--output_dir", "~/run"])[2].output_dir == str(tmp_path / "run")
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--per_device_train_batch_size", "0", "must be at least 1"),
-    ("--gradient_accumulation_steps", "0", "must be at least 1"),
-    ("--max_train_steps", "0", "must be at least 1"),
-    ("--num_warmup_steps", "-1", "cannot be negative"),
-    ("--checkpointing_steps", "often", "positive number or \"epoch\""),
-])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--per_device_train_batch_size", "0", "must be at least 1"),
+        ("--gradient_accumulation_steps", "0", "must be at least 1"),
+        ("--max_train_steps", "0", "must be at least 1"),
+        ("--num_warmup_steps", "-1", "cannot be negative"),
+        ("--checkpointing_steps", "often", 'positive number or "epoch"'),
+    ],
+)
 def test_loop_arguments_refuse_out_of_range_values(flag, value, message, tmp_path):
     with pytest.raises(UserError, match=re.escape(message)):
         parse_arguments(LOOP_TYPES, ["--output_dir", str(tmp_path), flag, value])
 
 
 def test_loop_arguments_derived_values(tmp_path):
-    args = parse_arguments(LOOP_TYPES, ["--output_dir", str(tmp_path), "--checkpointing_steps", "5",
-                                        "--torch_compile_mode", "max-autotune"])[2]
+    args = parse_arguments(
+        LOOP_TYPES,
+        ["--output_dir", str(tmp_path), "--checkpointing_steps", "5", "--torch_compile_mode", "max-autotune"],
+    )[2]
     assert args.checkpoint_every == 5 and args.torch_compile is True
     assert args.do_train and args.do_eval  # the loop always trains and evaluates
     epoch = parse_arguments(LOOP_TYPES, ["--output_dir", str(tmp_path), "--checkpointing_steps", "epoch"])[2]
@@ -80,10 +87,21 @@ def test_loop_arguments_derived_values(tmp_path):
 
 
 def test_trainer_legacy_flags_map_onto_todays(tmp_path):
-    args = parse_arguments(TRAINER_TYPES, [
-        "--output_dir", str(tmp_path), "--evaluation_strategy", "steps", "--push_to_hub_model_id", "me/model",
-        "--no_cuda", "--group_by_length", "--train_sampling_strategy", "random",
-    ])[2]
+    args = parse_arguments(
+        TRAINER_TYPES,
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--evaluation_strategy",
+            "steps",
+            "--push_to_hub_model_id",
+            "me/model",
+            "--no_cuda",
+            "--group_by_length",
+            "--train_sampling_strategy",
+            "random",
+        ],
+    )[2]
     assert str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps"
     assert args.hub_model_id == "me/model"
     assert args.use_cpu is True
@@ -100,13 +118,20 @@ def test_data_arguments_defaults_and_ranges():
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_config_file_with_an_alias_key(suffix, tmp_path):
-    config = {"model_name_or_path": "m", "output_dir": str(tmp_path / "out"), "dataset_config": "3.0.0",
-              "per_device_train_batch_size": 4}
+    config = {
+        "model_name_or_path": "m",
+        "output_dir": str(tmp_path / "out"),
+        "dataset_config": "3.0.0",
+        "per_device_train_batch_size": 4,
+    }
     path = tmp_path / f"run{suffix}"
     path.write_text(json.dumps(config))  # JSON is valid YAML too
     model_args, data_args, args = parse_arguments(LOOP_TYPES, [str(path)])
     assert (model_args.model_name_or_path, data_args.dataset_config_name, args.per_device_train_batch_size) == (
-        "m", "3.0.0", 4)
+        "m",
+        "3.0.0",
+        4,
+    )
 
 
 def test_config_file_and_flag_mistakes_are_user_errors(tmp_path):

@@ -21,7 +21,7 @@ PLOT = "plot_training_loss.png"
 
 def metadata_of(card: str) -> dict:
     assert card.startswith("---\n")
-    block, _ = card[len("---\n"):].split("\n---\n", 1)
+    block, _ = card[len("---\n") :].split("\n---\n", 1)
     return yaml.safe_load(block)
 
 
@@ -29,7 +29,7 @@ def section(card: str, title: str) -> str:
     """The text of one `## title` section."""
     start = card.index(f"## {title}\n")
     end = card.find("\n## ", start + 1)
-    return card[start: end if end != -1 else len(card)]
+    return card[start : end if end != -1 else len(card)]
 
 
 @pytest.mark.parametrize("name", ["google-t5/t5-small", "t5-small", "facebook/bart-large-cnn", "org_1/model.v2"])
@@ -38,9 +38,24 @@ def test_hub_id_accepts_hub_names(name, tmp_path, monkeypatch):
     assert hub_id(name) == name
 
 
-@pytest.mark.parametrize("name", [None, "", "./model", "../runs/model", "/abs/path/model", "~/model",
-                                  "a/b/c", "has space/model", "org/", "/model", "-model", "org/model!",
-                                  "https://huggingface.co/org/model"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        None,
+        "",
+        "./model",
+        "../runs/model",
+        "/abs/path/model",
+        "~/model",
+        "a/b/c",
+        "has space/model",
+        "org/",
+        "/model",
+        "-model",
+        "org/model!",
+        "https://huggingface.co/org/model",
+    ],
+)
 def test_hub_id_rejects_paths_and_junk(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert hub_id(name) is None
@@ -58,26 +73,53 @@ def test_hub_id_rejects_existing_local_folder_or_file(tmp_path, monkeypatch):
 
 def test_final_metrics_keeps_model_metrics_and_drops_throughput():
     results = {
-        "eval_rouge1": 41.5, "eval_rougeLsum": 38.25, "eval_gen_len": 17.0, "eval_loss": 2.5, "eval_samples": 16,
-        "predict_rouge2": 12.0, "predict_samples": 12, "train_loss": 1.25,
-        "eval_runtime": 3.2, "eval_samples_per_second": 5.0, "eval_steps_per_second": 1.25,
-        "predict_runtime": 1.0, "predict_samples_per_second": 12.0, "train_runtime": 60.0,
-        "train_samples_per_second": 4.0, "train_steps_per_second": 1.0, "train_samples": 64,
-        "epoch": 3.0, "total_flos": 12345, "step": 10,
-        "eval_note": "not a number", "eval_per_rouge": [1.0, 2.0], "eval_missing": None,
+        "eval_rouge1": 41.5,
+        "eval_rougeLsum": 38.25,
+        "eval_gen_len": 17.0,
+        "eval_loss": 2.5,
+        "eval_samples": 16,
+        "predict_rouge2": 12.0,
+        "predict_samples": 12,
+        "train_loss": 1.25,
+        "eval_runtime": 3.2,
+        "eval_samples_per_second": 5.0,
+        "eval_steps_per_second": 1.25,
+        "predict_runtime": 1.0,
+        "predict_samples_per_second": 12.0,
+        "train_runtime": 60.0,
+        "train_samples_per_second": 4.0,
+        "train_steps_per_second": 1.0,
+        "train_samples": 64,
+        "epoch": 3.0,
+        "total_flos": 12345,
+        "step": 10,
+        "eval_note": "not a number",
+        "eval_per_rouge": [1.0, 2.0],
+        "eval_missing": None,
     }
     assert final_metrics(results) == {
-        "eval_rouge1": 41.5, "eval_rougeLsum": 38.25, "eval_gen_len": 17.0, "eval_loss": 2.5, "eval_samples": 16,
-        "predict_rouge2": 12.0, "predict_samples": 12, "train_loss": 1.25,
+        "eval_rouge1": 41.5,
+        "eval_rougeLsum": 38.25,
+        "eval_gen_len": 17.0,
+        "eval_loss": 2.5,
+        "eval_samples": 16,
+        "predict_rouge2": 12.0,
+        "predict_samples": 12,
+        "train_loss": 1.25,
     }
     assert final_metrics({}) == {}
 
 
 def local_info(**changes) -> dict:
-    info = {"base_model": None, "dataset": "train.jsonl, validation.jsonl", "trainer": "Trainer",
-            "metrics": {"eval_rouge2": 12.0, "eval_rouge1": 41.5, "eval_samples": 16, "eval_runtime": 3.2},
-            "hyperparameters": {}, "source_prefix": "summarize: ",
-            "command": ["run_summarization.py", "--model_name_or_path", "./my model"]}
+    info = {
+        "base_model": None,
+        "dataset": "train.jsonl, validation.jsonl",
+        "trainer": "Trainer",
+        "metrics": {"eval_rouge2": 12.0, "eval_rouge1": 41.5, "eval_samples": 16, "eval_runtime": 3.2},
+        "hyperparameters": {},
+        "source_prefix": "summarize: ",
+        "command": ["run_summarization.py", "--model_name_or_path", "./my model"],
+    }
     info.update(changes)
     return info
 
@@ -86,8 +128,11 @@ def test_metadata_is_valid_yaml_without_base_model_for_local_folder(tmp_path):
     base = tmp_path / "base-model"
     base.mkdir()
     card = render_model_card(str(tmp_path / "run"), local_info(base_model=str(base)))
-    assert metadata_of(card) == {"library_name": "transformers", "pipeline_tag": "summarization",
-                                 "tags": ["summarization", "seqtune"]}
+    assert metadata_of(card) == {
+        "library_name": "transformers",
+        "pipeline_tag": "summarization",
+        "tags": ["summarization", "seqtune"],
+    }
     assert f"`{base}` (a local model folder)" in card
     assert "huggingface.co" not in card
 
@@ -108,8 +153,13 @@ def test_unnamed_base_model(tmp_path):
 def test_results_table_rows_sorted_and_formatted(tmp_path):
     card = render_model_card(str(tmp_path / "run"), local_info())
     results = section(card, "Results")
-    assert results.splitlines()[2:] == ["| metric | value |", "|---|---|", "| eval_rouge1 | 41.5000 |",
-                                        "| eval_rouge2 | 12.0000 |", "| eval_samples | 16 |"]
+    assert results.splitlines()[2:] == [
+        "| metric | value |",
+        "|---|---|",
+        "| eval_rouge1 | 41.5000 |",
+        "| eval_rouge2 | 12.0000 |",
+        "| eval_samples | 16 |",
+    ]
     assert "eval_runtime" not in card
 
 
@@ -132,11 +182,14 @@ def test_source_prefix_note_and_usage_snippet(tmp_path):
 
 
 def test_usage_snippet_is_python_that_applies_the_prefix(tmp_path):
-    prefix = "it's: \"quoted\" "
+    prefix = 'it\'s: "quoted" '
     card = render_model_card(str(tmp_path / "run"), local_info(source_prefix=prefix))
     code = section(card, "Usage").split("```python\n", 1)[1].split("```", 1)[0]
-    calls = [node for node in ast.walk(ast.parse(code))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "summarizer"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "summarizer"
+    ]
     assert len(calls) == 1
     argument = calls[0].args[0]  # prefix + text, the prefix quoted as a Python literal whatever it holds
     assert isinstance(argument, ast.BinOp) and isinstance(argument.op, ast.Add)
@@ -157,8 +210,18 @@ def test_training_curve_only_when_plot_file_exists(tmp_path):
 
 
 def test_command_is_shell_quoted(tmp_path):
-    command = ["run_summarization.py", "--model_name_or_path", "./my model", "--source_prefix", "summarize: ",
-               "--output_dir", "/tmp/o'brien", "--hub_token", "<redacted>", "--do_train"]
+    command = [
+        "run_summarization.py",
+        "--model_name_or_path",
+        "./my model",
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        "/tmp/o'brien",
+        "--hub_token",
+        "<redacted>",
+        "--do_train",
+    ]
     card = render_model_card(str(tmp_path / "run"), local_info(command=command))
     trained = section(card, "How it was trained")
     line = trained.split("```\n", 1)[1].split("\n```", 1)[0]
@@ -167,8 +230,9 @@ def test_command_is_shell_quoted(tmp_path):
 
 
 def test_empty_command_and_defaults(tmp_path):
-    card = render_model_card(str(tmp_path / "run"), local_info(command=None, hyperparameters=None, dataset=None,
-                                                               trainer=None))
+    card = render_model_card(
+        str(tmp_path / "run"), local_info(command=None, hyperparameters=None, dataset=None, trainer=None)
+    )
     assert "```\n\n```" in section(card, "How it was trained")
     assert "- (defaults)" in section(card, "Training hyper-parameters")
     assert "Data set: (not recorded)" in card and "(unknown loop)" in card
@@ -181,7 +245,10 @@ def test_hyperparameters_sorted_with_enums_by_value(tmp_path):
     hyper = {"seed": 0, "lr_scheduler_type": Scheduler.LINEAR, "learning_rate": 0.001, "warmup_steps": None}
     card = render_model_card(str(tmp_path / "run"), local_info(hyperparameters=hyper))
     assert section(card, "Training hyper-parameters").splitlines()[2:] == [
-        "- learning_rate: 0.001", "- lr_scheduler_type: linear", "- seed: 0"]
+        "- learning_rate: 0.001",
+        "- lr_scheduler_type: linear",
+        "- seed: 0",
+    ]
 
 
 def test_repo_id_sets_title_and_model_reference(tmp_path):

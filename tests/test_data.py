@@ -57,8 +57,15 @@ def test_json_file_with_a_data_field(tmp_path, isolated_hf_home):
 
 
 def test_max_samples_cut_each_split(files, isolated_hf_home):
-    raw = load(("train", "validation", "test"), train_file=files["csv"], validation_file=files["jsonl"],
-               test_file=files["parquet"], max_train_samples=3, max_eval_samples=4, max_predict_samples=5)
+    raw = load(
+        ("train", "validation", "test"),
+        train_file=files["csv"],
+        validation_file=files["jsonl"],
+        test_file=files["parquet"],
+        max_train_samples=3,
+        max_eval_samples=4,
+        max_predict_samples=5,
+    )
     assert [len(raw.splits[s]) for s in ("train", "validation", "test")] == [3, 4, 5]
     assert raw.splits["test"]["text"] == [r["text"] for r in ROWS[:5]]  # the first N, in order
 
@@ -139,7 +146,7 @@ def test_conflicting_types_in_a_json_column(tmp_path):
 
 
 def test_not_utf8(tmp_path):
-    path = write(tmp_path / "d.csv", "text,summary\nok,fine\n".encode() + b"caf\xe9,x\n", mode="wb")
+    path = write(tmp_path / "d.csv", b"text,summary\nok,fine\n" + b"caf\xe9,x\n", mode="wb")
     message = error_of(train_file=path)
     assert "line 3" in message and "UTF-8" in message
 
@@ -178,7 +185,9 @@ def test_tokenization_adds_prefix_and_truncates(files, isolated_hf_home, t5_mode
 
     tokenizer = AutoTokenizer.from_pretrained(t5_model)
     raw = load(train_file=files["jsonl"])
-    args = DataArguments(train_file=files["jsonl"], source_prefix="summarize: ", max_source_length=5, max_target_length=3)
+    args = DataArguments(
+        train_file=files["jsonl"], source_prefix="summarize: ", max_source_length=5, max_target_length=3
+    )
     tokenized = tokenize_splits(raw, tokenizer, args)["train"]
     first = tokenized[0]
     assert len(first["input_ids"]) == 5 and len(first["labels"]) == 3

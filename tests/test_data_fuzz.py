@@ -24,10 +24,9 @@ from datetime import timedelta
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+import datasets  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-import datasets  # noqa: E402
 
 from seqtune.arguments import DataArguments, ModelArguments  # noqa: E402
 from seqtune.data import load_raw_data  # noqa: E402
@@ -66,8 +65,9 @@ class Workspace:
         return path
 
     def load(self, path: str, text_column=None, summary_column=None, cap=None):
-        data_args = DataArguments(train_file=path, text_column=text_column, summary_column=summary_column,
-                                  max_train_samples=cap)
+        data_args = DataArguments(
+            train_file=path, text_column=text_column, summary_column=summary_column, max_train_samples=cap
+        )
         return load_raw_data(data_args, ModelArguments(cache_dir=os.path.join(self.root, "cache")), ["train"])
 
 
@@ -98,21 +98,29 @@ def check(workspace: Workspace, data: bytes, extension: str, columns: tuple) -> 
 
 # --------------------------------------------------------------------------- building blocks
 
-huge_text = st.builds(lambda piece, count: piece * count, st.sampled_from(["a", "word ", "é", "\"", ",", "x\n"]),
-                      st.integers(50_000, 200_000))
+huge_text = st.builds(
+    lambda piece, count: piece * count,
+    st.sampled_from(["a", "word ", "é", '"', ",", "x\n"]),
+    st.integers(50_000, 200_000),
+)
 cell_text = st.one_of(st.text(max_size=30), st.text(alphabet="ab ,\"'\n\r\t;\\{}[]", max_size=12), huge_text)
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                        cell_text)
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                                st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                          max_leaves=6)
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), cell_text)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
 column_name = st.one_of(st.sampled_from(COLUMN_NAMES), st.text(max_size=6))
 record = st.dictionaries(column_name, st.one_of(cell_text, cell_text, json_value), max_size=4)
-good_record = st.fixed_dictionaries({"text": st.text(min_size=1, max_size=40), "summary": st.text(min_size=1, max_size=20)})
+good_record = st.fixed_dictionaries(
+    {"text": st.text(min_size=1, max_size=40), "summary": st.text(min_size=1, max_size=20)}
+)
 # Mostly good rows with a bad one here and there, so that many files get past the first check
 # and the later ones (datasets' reader, columns, types, empty rows) are exercised too.
-records = st.one_of(st.lists(st.one_of(good_record, good_record, good_record, record), min_size=1, max_size=6),
-                    st.lists(record, max_size=3))
+records = st.one_of(
+    st.lists(st.one_of(good_record, good_record, good_record, record), min_size=1, max_size=6),
+    st.lists(record, max_size=3),
+)
 # Which columns the user names: mostly none (defaults), sometimes ones that may not exist.
 maybe_column = st.one_of(st.none(), st.none(), st.none(), column_name)
 column_flags = st.tuples(maybe_column, maybe_column)
@@ -182,12 +190,15 @@ def json_files(draw) -> bytes:
 @st.composite
 def csv_files(draw) -> bytes:
     rows = draw(records)
-    header = draw(st.one_of(st.just(["text", "summary"]), st.just(["text", "summary"]), st.lists(column_name, max_size=4)))
+    header = draw(
+        st.one_of(st.just(["text", "summary"]), st.just(["text", "summary"]), st.lists(column_name, max_size=4))
+    )
     buffer = io.StringIO()
     quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]))
     delimiter = draw(st.sampled_from([","] * 6 + [";", "\t"]))
-    writer = csv.writer(buffer, quoting=quoting, delimiter=delimiter,
-                        lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
+    writer = csv.writer(
+        buffer, quoting=quoting, delimiter=delimiter, lineterminator=draw(st.sampled_from(["\n", "\r\n"]))
+    )
     if draw(st.integers(0, 3)) or not rows:  # mostly a header line
         writer.writerow(header)
     for row in rows:

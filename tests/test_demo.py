@@ -11,8 +11,12 @@ import sys
 
 def test_demo_trains_a_tiny_model_that_clearly_improves(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "seqtune.cli", "demo", "--output_dir", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "seqtune.cli", "demo", "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = dict(re.findall(r"^\s+(rouge1|rouge2|rougeL|rougeLsum)\s+([\d.]+\s+[\d.]+)$", result.stdout, re.M))
     assert set(rows) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}, result.stdout
@@ -27,5 +31,7 @@ def test_demo_trains_a_tiny_model_that_clearly_improves(tmp_path):
 
 
 def test_cli_lists_its_commands():
-    result = subprocess.run([sys.executable, "-m", "seqtune.cli", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "seqtune.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and "demo" in result.stdout and "train" in result.stdout

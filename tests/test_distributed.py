@@ -19,7 +19,16 @@ import os
 import subprocess
 
 import pytest
-from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, UNKNOWN_WORD, free_port, run_script, synthetic_corpus, torchrun, write_jsonl
+from conftest import (
+    LOOP_SCRIPT,
+    TRAINER_SCRIPT,
+    UNKNOWN_WORD,
+    free_port,
+    run_script,
+    synthetic_corpus,
+    torchrun,
+    write_jsonl,
+)
 
 from seqtune.checkpoints import list_checkpoints
 from seqtune.runtime import close_process_group
@@ -73,26 +82,47 @@ def world(tmp_path_factory) -> dict:
 
 def common_args(model: str, train_file: str, files: dict, output_dir, batch: int) -> list[str]:
     return [
-        "--model_name_or_path", model,
-        "--train_file", train_file,
-        "--validation_file", files["validation"],
-        "--test_file", files["test"],
-        "--output_dir", str(output_dir),
-        "--max_source_length", "96",
-        "--max_target_length", "24",
-        "--val_max_target_length", "12",
-        "--per_device_train_batch_size", str(batch),
-        "--per_device_eval_batch_size", "4",
-        "--learning_rate", "1e-4",
-        "--logging_steps", "1",
-        "--seed", "0",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        train_file,
+        "--validation_file",
+        files["validation"],
+        "--test_file",
+        files["test"],
+        "--output_dir",
+        str(output_dir),
+        "--max_source_length",
+        "96",
+        "--max_target_length",
+        "24",
+        "--val_max_target_length",
+        "12",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--per_device_eval_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-4",
+        "--logging_steps",
+        "1",
+        "--seed",
+        "0",
     ]
 
 
 def run_args(model: str, files: dict, output_dir, batch: int, *extra: str) -> list[str]:
     """The Trainer script: STEPS steps, a checkpoint every 2."""
     return common_args(model, files["train"], files, output_dir, batch) + [
-        "--max_steps", str(STEPS), "--save_steps", "2", "--report_to", "none", "--disable_tqdm", "true", *extra,
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
 
 
@@ -156,7 +186,9 @@ def test_two_nodes_on_loopback_train_together(trap_model, world, single_process,
     port = str(free_port())
     nodes = []
     for node_rank in (0, 1):
-        launcher = torchrun(1, "--nnodes", "2", "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", port)
+        launcher = torchrun(
+            1, "--nnodes", "2", "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", port
+        )
         command = launcher + [TRAINER_SCRIPT] + run_args(trap_model, world, output_dir, 2, "--do_train")
         nodes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [node.communicate(timeout=240) for node in nodes]
@@ -178,13 +210,26 @@ def test_non_finite_loss_on_one_process_stops_every_process(trap_model, world, t
     rows[9] = dict(rows[9], document=f"{UNKNOWN_WORD} {rows[9]['document']}")
     files = dict(world, train=write_jsonl(str(tmp_path / "poisoned.jsonl"), rows))
     output_dir = tmp_path / "run"
-    args = run_args(trap_model, files, output_dir, 2, "--do_train", "--save_steps", "1", "--max_steps", "6",
-                    "--train_sampling_strategy", "sequential")
+    args = run_args(
+        trap_model,
+        files,
+        output_dir,
+        2,
+        "--do_train",
+        "--save_steps",
+        "1",
+        "--max_steps",
+        "6",
+        "--train_sampling_strategy",
+        "sequential",
+    )
     result = run_script(TRAINER_SCRIPT, args, launcher=torchrun(2))
 
     assert result.returncode != 0
     assert "seqtune: error: the training loss is nan at step 3" in result.stderr  # rank 0
-    assert "seqtune: error: the training loss is not finite (NaN or inf) on another process at step 3" in result.stderr  # rank 1
+    assert (
+        "seqtune: error: the training loss is not finite (NaN or inf) on another process at step 3" in result.stderr
+    )  # rank 1
     assert "Likely cause: the learning rate (0.0001) is too high" in result.stderr
     assert "checkpoint-2, is kept" in result.stderr
     assert [os.path.basename(c) for c in list_checkpoints(str(output_dir))] == ["checkpoint-1", "checkpoint-2"]
@@ -210,7 +255,11 @@ def test_close_process_group_shuts_torch_distributed_down(monkeypatch):
 
 def loop_args(model: str, files: dict, output_dir, batch: int) -> list[str]:
     return common_args(model, files["train_fixed_length"], files, output_dir, batch) + [
-        "--do_predict", "--max_train_steps", str(STEPS), "--checkpointing_steps", "2",
+        "--do_predict",
+        "--max_train_steps",
+        str(STEPS),
+        "--checkpointing_steps",
+        "2",
     ]
 
 

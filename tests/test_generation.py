@@ -18,8 +18,13 @@ from seqtune.losses import example_loss_sums
 def batch_of(model_dir, rows):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    features = [{"input_ids": tokenizer("summarize: " + r["document"])["input_ids"],
-                 "labels": tokenizer(text_target=r["summary"])["input_ids"]} for r in rows]
+    features = [
+        {
+            "input_ids": tokenizer("summarize: " + r["document"])["input_ids"],
+            "labels": tokenizer(text_target=r["summary"])["input_ids"],
+        }
+        for r in rows
+    ]
     return tokenizer, model, DataCollatorForSeq2Seq(tokenizer, model=model)(features)
 
 
@@ -49,13 +54,26 @@ def test_predictions_are_written_in_input_order_across_windows(trap_model, tmp_p
     from seqtune.recipes.trainer import main
 
     rows = synthetic_corpus(40, seed=11)
-    files = {"train": write_jsonl(str(tmp_path / "train.jsonl"), rows[:20]),
-             "validation": write_jsonl(str(tmp_path / "validation.jsonl"), rows[20:29]),
-             "test": write_jsonl(str(tmp_path / "test.jsonl"), rows[29:])}
+    files = {
+        "train": write_jsonl(str(tmp_path / "train.jsonl"), rows[:20]),
+        "validation": write_jsonl(str(tmp_path / "validation.jsonl"), rows[20:29]),
+        "test": write_jsonl(str(tmp_path / "test.jsonl"), rows[29:]),
+    }
     monkeypatch.setattr(generation, "PREDICTION_WINDOW", 4)
     out = tmp_path / "out"
-    results = main(quick_args(trap_model, files, out, "--do_predict", "--predict_with_generate",
-                              "--per_device_eval_batch_size", "1", "--generation_max_length", "12"))
+    results = main(
+        quick_args(
+            trap_model,
+            files,
+            out,
+            "--do_predict",
+            "--predict_with_generate",
+            "--per_device_eval_batch_size",
+            "1",
+            "--generation_max_length",
+            "12",
+        )
+    )
     lines = (out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 11 and len(set(lines)) > 5
 

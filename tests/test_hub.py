@@ -39,8 +39,13 @@ def hub_env(endpoint: str, tmp_path, hf_token: str = "", stored: str | None = No
     home.mkdir(exist_ok=True)
     if stored is not None:
         (home / "token").write_text(stored)  # what `hf auth login` leaves behind
-    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": offline, "HF_HOME": str(home),
-            "HF_DATASETS_CACHE": str(home / "datasets"), "HF_TOKEN": hf_token}
+    return {
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": offline,
+        "HF_HOME": str(home),
+        "HF_DATASETS_CACHE": str(home / "datasets"),
+        "HF_TOKEN": hf_token,
+    }
 
 
 def train(t5_model, corpus_files, out, env, *extra):
@@ -92,22 +97,49 @@ def test_push_every_save_private_named_repo(t5_model, corpus_files, tmp_path, fa
     """--hub_model_id NAME --hub_token (wins over a bad HF_TOKEN) --hub_private_repo, default every_save."""
     out = tmp_path / "out"
     env = hub_env(fake_hub.url, tmp_path, hf_token=BAD_TOKEN)
-    result = train(t5_model, corpus_files, out, env, "--do_eval", "--predict_with_generate", "--max_eval_samples", "4",
-                   "--logging_steps", "1", "--push_to_hub", "--hub_model_id", "my-summarizer", "--hub_token", TOKEN, "--hub_private_repo")
+    result = train(
+        t5_model,
+        corpus_files,
+        out,
+        env,
+        "--do_eval",
+        "--predict_with_generate",
+        "--max_eval_samples",
+        "4",
+        "--logging_steps",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        "my-summarizer",
+        "--hub_token",
+        TOKEN,
+        "--hub_private_repo",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert list(fake_hub.repos) == ["alice/my-summarizer"]
     repo = fake_hub.repos["alice/my-summarizer"]
     assert repo.visibility == "private"
     assert fake_hub.commit_messages("alice/my-summarizer") == [
-        "Training in progress, step 2", "Training in progress, step 4", "End of training"]
+        "Training in progress, step 2",
+        "Training in progress, step 4",
+        "End of training",
+    ]
     # Checkpoint pushes carry the model files, not the training state.
     step_two = repo.commits[0].files
     assert "model.safetensors" in step_two and "config.json" in step_two
     assert not any(name.startswith(("optimizer", "scheduler", "rng_state", "trainer_state")) for name in step_two)
     # The final push: every shareable file exactly as it is on disk, nothing else.
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "eval_results.json",
-                 "all_results.json", "train_results.json", "plot_training_loss.png"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "README.md",
+        "eval_results.json",
+        "all_results.json",
+        "train_results.json",
+        "plot_training_loss.png",
+    ):
         assert repo.files[name] == read(out / name), name
     assert not any(path.startswith("checkpoint-") or path.startswith(".") for path in repo.files)
     assert "seqtune_run.json" not in repo.files
@@ -133,14 +165,26 @@ def test_legacy_name_org_and_checkpoint_strategy(t5_model, corpus_files, tmp_pat
     """--push_to_hub_model_id ORG/NAME, HF_TOKEN (wins over a bad stored log-in), --hub_strategy checkpoint."""
     out = tmp_path / "out"
     env = hub_env(fake_hub.url, tmp_path, hf_token=TOKEN, stored=BAD_TOKEN)
-    result = train(t5_model, corpus_files, out, env,
-                   "--push_to_hub", "--push_to_hub_model_id", "acme/legacy-name", "--hub_strategy", "checkpoint")
+    result = train(
+        t5_model,
+        corpus_files,
+        out,
+        env,
+        "--push_to_hub",
+        "--push_to_hub_model_id",
+        "acme/legacy-name",
+        "--hub_strategy",
+        "checkpoint",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     repo = fake_hub.repos["acme/legacy-name"]
     assert repo.visibility is None  # not asked: the hub's default
     assert fake_hub.commit_messages("acme/legacy-name") == [
-        "Training in progress, step 2", "Training in progress, step 4", "End of training"]
+        "Training in progress, step 2",
+        "Training in progress, step 4",
+        "End of training",
+    ]
     # last-checkpoint/ holds the newest checkpoint, training state included, for resuming.
     local = out / "checkpoint-4"
     for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "model.safetensors"):
@@ -171,17 +215,33 @@ def test_failed_upload_mid_run_then_final_push_lands(t5_model, corpus_files, tmp
     fake_hub.fail_commits = {2}
     out = tmp_path / "out"
     env = hub_env(fake_hub.url, tmp_path, hf_token=TOKEN)
-    result = train(t5_model, corpus_files, out, env, "--max_steps", "6",
-                   "--push_to_hub", "--hub_model_id", "flaky", "--hub_strategy", "all_checkpoints")
+    result = train(
+        t5_model,
+        corpus_files,
+        out,
+        env,
+        "--max_steps",
+        "6",
+        "--push_to_hub",
+        "--hub_model_id",
+        "flaky",
+        "--hub_strategy",
+        "all_checkpoints",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Push of step 4 to alice/flaky failed" in result.stderr
 
     repo = fake_hub.repos["alice/flaky"]
     assert fake_hub.commit_messages("alice/flaky") == [
-        "Training in progress, step 2", "Training in progress, step 6", "End of training"]
+        "Training in progress, step 2",
+        "Training in progress, step 6",
+        "End of training",
+    ]
     assert "checkpoint-4/optimizer.pt" in repo.commits[-1].files  # retried with the final push
     for step in (2, 4, 6):
-        assert repo.files[f"checkpoint-{step}/model.safetensors"] == read(out / f"checkpoint-{step}" / "model.safetensors")
+        assert repo.files[f"checkpoint-{step}/model.safetensors"] == read(
+            out / f"checkpoint-{step}" / "model.safetensors"
+        )
     assert repo.files["model.safetensors"] == read(out / "model.safetensors")
     assert json.loads(read(out / "train_results.json"))["train_loss"] > 0
     assert_no_secret(result, fake_hub, out, env["HF_HOME"])
@@ -206,14 +266,31 @@ def test_no_trainer_script_pushes_each_checkpoint_and_the_end(t5_model, corpus_f
     """run_summarization_no_trainer.py --push_to_hub --hub_model_id --hub_token: the same pusher and card."""
     out = tmp_path / "out"
     env = hub_env(fake_hub.url, tmp_path)
-    args = quick_args(t5_model, corpus_files, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
-                      "--max_eval_samples", "4", "--push_to_hub", "--hub_model_id", "loop-model", "--hub_token", TOKEN)
+    args = quick_args(
+        t5_model,
+        corpus_files,
+        out,
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--max_eval_samples",
+        "4",
+        "--push_to_hub",
+        "--hub_model_id",
+        "loop-model",
+        "--hub_token",
+        TOKEN,
+    )
     result = run_script(LOOP_SCRIPT, args, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
     repo = fake_hub.repos["alice/loop-model"]
     assert fake_hub.commit_messages("alice/loop-model") == [
-        "Training in progress, step 2", "Training in progress, step 4", "End of training"]
+        "Training in progress, step 2",
+        "Training in progress, step 4",
+        "End of training",
+    ]
     # Accelerate's checkpoints are not loadable models: they go whole under last-checkpoint/, for resuming.
     local = out / "checkpoint-4"
     for name in os.listdir(local):
@@ -241,8 +318,12 @@ def test_script_fails_before_training(case, flags, message, t5_model, corpus_fil
     endpoint = f"http://127.0.0.1:{free_port()}" if case == "unreachable" else fake_hub.url
     out = tmp_path / "out"
     env = hub_env(endpoint, tmp_path)
-    result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, "--do_train", "--max_steps", "2",
-                                                   "--push_to_hub", *flags), env=env, timeout=120)
+    result = run_script(
+        TRAINER_SCRIPT,
+        quick_args(t5_model, corpus_files, out, "--do_train", "--max_steps", "2", "--push_to_hub", *flags),
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "seqtune: error: " in result.stderr and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -269,18 +350,34 @@ print(exit_on_user_error(HubPusher.from_arguments(loop_args, model_args).check)(
         ("read-only --token", {}, READ_TOKEN, {}, "the token from --token (user bob) is read-only"),
         ("no token", {}, None, {}, "none was found. Fix: run `hf auth login`, set HF_TOKEN, or pass --hub_token"),
         ("offline", {"hub_token": TOKEN}, None, {"HF_HUB_OFFLINE": "1"}, "offline mode is on"),
-        ("foreign namespace", {"hub_token": TOKEN, "hub_model_id": "someone-else/model"}, None, {},
-         "cannot create or use the Hub repository someone-else/model as user alice"),
-        ("bad name", {"hub_token": TOKEN, "hub_model_id": "my model"}, None, {},
-         "--hub_model_id does not make a valid Hub repository name"),
+        (
+            "foreign namespace",
+            {"hub_token": TOKEN, "hub_model_id": "someone-else/model"},
+            None,
+            {},
+            "cannot create or use the Hub repository someone-else/model as user alice",
+        ),
+        (
+            "bad name",
+            {"hub_token": TOKEN, "hub_model_id": "my model"},
+            None,
+            {},
+            "--hub_model_id does not make a valid Hub repository name",
+        ),
         ("read-only beaten by --hub_token", {"hub_token": TOKEN}, READ_TOKEN, {}, None),
     ],
 )
 def test_start_check_refuses(case, flags, model_token, env_extra, message, tmp_path, fake_hub):
     loop_args = {"push_to_hub": True, "output_dir": str(tmp_path / "out"), "hub_token": None} | flags
     env = dict(os.environ) | hub_env(fake_hub.url, tmp_path) | env_extra
-    done = subprocess.run([sys.executable, "-c", CHECK, json.dumps(loop_args), json.dumps({"token": model_token})],
-                          env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(loop_args), json.dumps({"token": model_token})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     if message is None:
         assert done.returncode == 0 and done.stdout.strip() == "alice/out", done.stderr
         return
@@ -295,20 +392,29 @@ def test_start_check_refuses(case, flags, model_token, env_extra, message, tmp_p
 def test_card_embeds_plot_and_names_hub_base_model(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    info = {"base_model": "google-t5/t5-small", "dataset": "cnn_dailymail (3.0.0)", "trainer": "Accelerate",
-            "metrics": {"eval_rouge1": 41.5, "eval_runtime": 3.2, "predict_samples": 12, "train_loss": 1.25},
-            "hyperparameters": {"learning_rate": 5e-05, "seed": 0, "max_steps": None},
-            "source_prefix": None, "command": ["run_summarization_no_trainer.py", "--hub_token", "<redacted>"],
-            "repo_id": "alice/t5-news"}
+    info = {
+        "base_model": "google-t5/t5-small",
+        "dataset": "cnn_dailymail (3.0.0)",
+        "trainer": "Accelerate",
+        "metrics": {"eval_rouge1": 41.5, "eval_runtime": 3.2, "predict_samples": 12, "train_loss": 1.25},
+        "hyperparameters": {"learning_rate": 5e-05, "seed": 0, "max_steps": None},
+        "source_prefix": None,
+        "command": ["run_summarization_no_trainer.py", "--hub_token", "<redacted>"],
+        "repo_id": "alice/t5-news",
+    }
     card = render_model_card(str(out), info)
     assert "Training curve" not in card
     metadata = yaml.safe_load(card.split("---\n")[1])
-    assert metadata == {"library_name": "transformers", "pipeline_tag": "summarization",
-                        "tags": ["summarization", "seqtune"], "base_model": "google-t5/t5-small"}
+    assert metadata == {
+        "library_name": "transformers",
+        "pipeline_tag": "summarization",
+        "tags": ["summarization", "seqtune"],
+        "base_model": "google-t5/t5-small",
+    }
     assert "cnn_dailymail (3.0.0)" in card and "| eval_rouge1 | 41.5000 |" in card
     assert "- learning_rate: 5e-05\n" in card
     assert "| predict_samples | 12 |" in card and "eval_runtime" not in card and "max_steps" not in card
-    assert "No source prefix." in card and 'summarizer(text)' in card
+    assert "No source prefix." in card and "summarizer(text)" in card
 
     (out / "plot_training_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     card = render_model_card(str(out), info)
@@ -317,15 +423,18 @@ def test_card_embeds_plot_and_names_hub_base_model(tmp_path):
 
 def test_hub_module_is_light_and_token_order(tmp_path, fake_hub):
     """Token order without the scripts: HF_TOKEN beats the stored log-in; an empty HF_TOKEN does not count."""
-    code = ("from seqtune.hub import resolve_token; import sys; t, s = resolve_token(sys.argv[1] or None); "
-            "print(s); print('transformers' in sys.modules)")
+    code = (
+        "from seqtune.hub import resolve_token; import sys; t, s = resolve_token(sys.argv[1] or None); "
+        "print(s); print('transformers' in sys.modules)"
+    )
     for hf_token, stored, flag, expected in (
         (TOKEN, BAD_TOKEN, "", "HF_TOKEN"),
         ("", TOKEN, "", "the stored log-in (hf auth login)"),
         (BAD_TOKEN, BAD_TOKEN, TOKEN, "--hub_token"),
     ):
         env = dict(os.environ) | hub_env(fake_hub.url, tmp_path, hf_token=hf_token, stored=stored)
-        done = subprocess.run([sys.executable, "-c", code, flag], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-c", code, flag], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == [expected, "False"]

@@ -16,8 +16,10 @@ VOCAB = 7
 def make_rows(lengths, seed=0):
     """One (logits [len, VOCAB], labels [len]) pair per example, of the given target lengths."""
     generator = torch.Generator().manual_seed(seed)
-    return [(torch.randn(n, VOCAB, generator=generator), torch.randint(0, VOCAB, (n,), generator=generator))
-            for n in lengths]
+    return [
+        (torch.randn(n, VOCAB, generator=generator), torch.randint(0, VOCAB, (n,), generator=generator))
+        for n in lengths
+    ]
 
 
 def pad_batch(rows, extra=0):
@@ -61,8 +63,9 @@ def test_token_summed_loss_is_computed_in_fp32():
     logits, labels = pad_batch(make_rows([4, 2]))
     loss = token_summed_loss(logits.to(torch.bfloat16), labels)
     assert loss.dtype == torch.float32
-    expected = F.cross_entropy(logits.to(torch.bfloat16).float().reshape(-1, VOCAB), labels.reshape(-1),
-                               ignore_index=-100, reduction="sum")
+    expected = F.cross_entropy(
+        logits.to(torch.bfloat16).float().reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     assert torch.allclose(loss, expected)
 
 

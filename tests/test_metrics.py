@@ -20,7 +20,7 @@ REFERENCES = [
 
 
 def test_split_sentences_without_any_model():
-    assert split_sentences("One. Two! Three? \"Four.\" Five") == ["One.", "Two!", "Three?", '"Four."', "Five"]
+    assert split_sentences('One. Two! Three? "Four." Five') == ["One.", "Two!", "Three?", '"Four."', "Five"]
     assert split_sentences("line one\nline two. more") == ["line one", "line two.", "more"]
     assert split_sentences("") == []
 
@@ -41,7 +41,9 @@ def test_rouge_matches_rouge_score_called_directly():
 
 def test_rouge_uses_stemming_and_bounds():
     assert rouge(["the cats are running"], ["the cat is running"])["rouge1"] == pytest.approx(75.0)
-    assert rouge(["same text here"], ["same text here"]) == {k: 100.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}
+    assert rouge(["same text here"], ["same text here"]) == {
+        k: 100.0 for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    }
     assert rouge(["completely different"], ["nothing shared"])["rouge1"] == 0.0
 
 

@@ -45,8 +45,9 @@ def test_load_seq2seq_without_a_model():
         load_seq2seq(ModelArguments())
 
 
-@pytest.mark.parametrize("missing", ["./no-such-model", "/no/such/model/folder", "~/no-such-seqtune-model",
-                                     "runs/2024/model"])
+@pytest.mark.parametrize(
+    "missing", ["./no-such-model", "/no/such/model/folder", "~/no-such-seqtune-model", "runs/2024/model"]
+)
 def test_load_seq2seq_path_that_does_not_exist(missing):
     with pytest.raises(UserError, match=r"--model_name_or_path .*: no such folder\. Fix: check the path"):
         load_seq2seq(ModelArguments(model_name_or_path=missing))
@@ -70,14 +71,14 @@ def test_load_seq2seq_hub_name_offline_not_cached():
 
 def test_load_seq2seq_refuses_decoder_only_model(tmp_path):
     folder = tmp_path / "tiny-gpt2"
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=40, bos_token_id=1,
-                        eos_token_id=1)
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=40, bos_token_id=1, eos_token_id=1)
     GPT2LMHeadModel(config).save_pretrained(folder)
     with pytest.raises(UserError) as excinfo:
         load_seq2seq(ModelArguments(model_name_or_path=str(folder)))
     assert str(excinfo.value) == (
         f"{str(folder)!r} is a gpt2 model, not an encoder-decoder (sequence-to-sequence) model. "
-        "Fix: use a model such as T5, BART, Pegasus or mT5.")
+        "Fix: use a model such as T5, BART, Pegasus or mT5."
+    )
 
 
 def test_load_seq2seq_loads_a_local_folder(t5_model):
@@ -115,8 +116,10 @@ def test_bart_without_source_prefix_does_not_warn(bart_model, caplog):
 
 def test_load_model_and_tokenizer_checks_position_embeddings(bart_model):
     with pytest.raises(UserError, match="--max_source_length 2048 exceeds the model's 1024 position embeddings"):
-        load_model_and_tokenizer(ModelArguments(model_name_or_path=bart_model, resize_position_embeddings=False),
-                                 DataArguments(max_source_length=2048))
+        load_model_and_tokenizer(
+            ModelArguments(model_name_or_path=bart_model, resize_position_embeddings=False),
+            DataArguments(max_source_length=2048),
+        )
 
 
 # --------------------------------------------------------------------------- check_position_embeddings
@@ -130,28 +133,41 @@ def bart(bart_model):
 def tiny_pegasus(max_positions: int = 32):
     """Pegasus can resize its (sinusoidal) position embeddings; BART cannot."""
     torch.manual_seed(0)
-    config = PegasusConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                           max_position_embeddings=max_positions, pad_token_id=0, eos_token_id=1,
-                           decoder_start_token_id=0)
+    config = PegasusConfig(
+        vocab_size=40,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     return PegasusForConditionalGeneration(config)
 
 
 @pytest.mark.parametrize("resize", [None, False, True])
 def test_position_embeddings_within_limit_are_left_alone(bart, resize):
     weight = bart.model.encoder.embed_positions.weight
-    check_position_embeddings(bart, ModelArguments(resize_position_embeddings=resize),
-                              DataArguments(max_source_length=1024))
+    check_position_embeddings(
+        bart, ModelArguments(resize_position_embeddings=resize), DataArguments(max_source_length=1024)
+    )
     assert bart.model.encoder.embed_positions.weight is weight and bart.config.max_position_embeddings == 1024
 
 
 def test_position_embeddings_beyond_limit_refused_without_resize(bart):
     with pytest.raises(UserError) as excinfo:
-        check_position_embeddings(bart, ModelArguments(resize_position_embeddings=False),
-                                  DataArguments(max_source_length=1025))
+        check_position_embeddings(
+            bart, ModelArguments(resize_position_embeddings=False), DataArguments(max_source_length=1025)
+        )
     assert str(excinfo.value) == (
         "--max_source_length 1025 exceeds the model's 1024 position embeddings. "
-        "Fix: pass --max_source_length 1024 or less, or --resize_position_embeddings.")
+        "Fix: pass --max_source_length 1024 or less, or --resize_position_embeddings."
+    )
     assert bart.config.max_position_embeddings == 1024
 
 
@@ -161,8 +177,9 @@ def test_position_embeddings_resized_when_asked(caplog):
     with pytest.raises(IndexError):  # the model as it was cannot take 64 tokens
         model(input_ids=inputs, labels=inputs[:, :4])
     with caplog.at_level(logging.WARNING, logger="seqtune.modeling"):
-        check_position_embeddings(model, ModelArguments(resize_position_embeddings=True),
-                                  DataArguments(max_source_length=64))
+        check_position_embeddings(
+            model, ModelArguments(resize_position_embeddings=True), DataArguments(max_source_length=64)
+        )
     assert model.config.max_position_embeddings == 64
     assert model.model.encoder.embed_positions.weight.shape[0] == 64
     assert torch.isfinite(model(input_ids=inputs, labels=inputs[:, :4]).loss)
@@ -171,17 +188,20 @@ def test_position_embeddings_resized_when_asked(caplog):
 
 def test_resize_asked_for_a_model_that_cannot(bart):
     with pytest.raises(UserError) as excinfo:
-        check_position_embeddings(bart, ModelArguments(resize_position_embeddings=True),
-                                  DataArguments(max_source_length=2048))
+        check_position_embeddings(
+            bart, ModelArguments(resize_position_embeddings=True), DataArguments(max_source_length=2048)
+        )
     assert str(excinfo.value) == (
         "--max_source_length 2048 exceeds the model's 1024 position embeddings and "
-        "BartForConditionalGeneration cannot resize them. Fix: pass --max_source_length 1024 or less.")
+        "BartForConditionalGeneration cannot resize them. Fix: pass --max_source_length 1024 or less."
+    )
 
 
 def test_model_without_position_limit_takes_any_length(t5_model):
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)  # relative positions: no max_position_embeddings
-    check_position_embeddings(model, ModelArguments(resize_position_embeddings=False),
-                              DataArguments(max_source_length=100_000))
+    check_position_embeddings(
+        model, ModelArguments(resize_position_embeddings=False), DataArguments(max_source_length=100_000)
+    )
 
 
 # --------------------------------------------------------------------------- summarization settings
@@ -190,8 +210,9 @@ def test_model_without_position_limit_takes_any_length(t5_model):
 def test_summarization_settings_round_trip_through_save(t5_model, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)
     assert summarization_settings(model.config) == {}
-    data_args = DataArguments(source_prefix="summarize: ", max_source_length=96, max_target_length=24,
-                              val_max_target_length=30, num_beams=3)
+    data_args = DataArguments(
+        source_prefix="summarize: ", max_source_length=96, max_target_length=24, val_max_target_length=30, num_beams=3
+    )
     remember_summarization_settings(model, data_args)
     model.save_pretrained(tmp_path / "saved")
     settings = summarization_settings(AutoConfig.from_pretrained(tmp_path / "saved"))
@@ -206,23 +227,50 @@ def test_summarization_settings_defaults(t5_model):
 
 def test_summarization_settings_keep_other_tasks_and_hub_values(tmp_path):
     """As on google-t5/t5-small: other tasks stay; min_length stays unless longer than the new max_length."""
-    config = T5Config(d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, vocab_size=40, task_specific_params={
-        "summarization": {"prefix": "summarize: ", "min_length": 30, "max_length": 200, "num_beams": 4,
-                          "early_stopping": True, "length_penalty": 2.0},
-        "translation_en_to_de": {"prefix": "translate English to German: "},
-    })
+    config = T5Config(
+        d_model=16,
+        d_ff=32,
+        d_kv=8,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=40,
+        task_specific_params={
+            "summarization": {
+                "prefix": "summarize: ",
+                "min_length": 30,
+                "max_length": 200,
+                "num_beams": 4,
+                "early_stopping": True,
+                "length_penalty": 2.0,
+            },
+            "translation_en_to_de": {"prefix": "translate English to German: "},
+        },
+    )
     model = AutoModelForSeq2SeqLM.from_config(config)
     remember_summarization_settings(model, DataArguments(source_prefix="tl;dr: ", max_target_length=24))
     model.config.save_pretrained(tmp_path)
     params = AutoConfig.from_pretrained(tmp_path).task_specific_params
     assert params["translation_en_to_de"] == {"prefix": "translate English to German: "}
-    assert params["summarization"] == {"prefix": "tl;dr: ", "max_length": 24, "max_source_length": 1024,
-                                       "num_beams": 4, "early_stopping": True, "length_penalty": 2.0}
+    assert params["summarization"] == {
+        "prefix": "tl;dr: ",
+        "max_length": 24,
+        "max_source_length": 1024,
+        "num_beams": 4,
+        "early_stopping": True,
+        "length_penalty": 2.0,
+    }
 
 
 def test_summarization_settings_keep_min_length_that_fits():
-    config = T5Config(d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, vocab_size=40,
-                      task_specific_params={"summarization": {"min_length": 10}})
+    config = T5Config(
+        d_model=16,
+        d_ff=32,
+        d_kv=8,
+        num_layers=1,
+        num_heads=2,
+        vocab_size=40,
+        task_specific_params={"summarization": {"min_length": 10}},
+    )
     model = AutoModelForSeq2SeqLM.from_config(config)
     remember_summarization_settings(model, DataArguments(max_target_length=24))
     assert summarization_settings(model.config)["min_length"] == 10
@@ -237,13 +285,16 @@ def test_summarization_settings_returns_a_copy():
 # --------------------------------------------------------------------------- is_prefix_model
 
 
-@pytest.mark.parametrize("config, name, expected", [
-    (T5Config(), None, True),
-    (T5Config(), "my-summarizer", True),
-    (MT5Config(), "google/mt5-small", True),
-    (BartConfig(), "facebook/bart-large-cnn", False),
-    (BartConfig(), None, False),
-    (BartConfig(), "org/Flan-T5-distilled-bart", True),  # the name alone counts (case-insensitive)
-])
+@pytest.mark.parametrize(
+    "config, name, expected",
+    [
+        (T5Config(), None, True),
+        (T5Config(), "my-summarizer", True),
+        (MT5Config(), "google/mt5-small", True),
+        (BartConfig(), "facebook/bart-large-cnn", False),
+        (BartConfig(), None, False),
+        (BartConfig(), "org/Flan-T5-distilled-bart", True),  # the name alone counts (case-insensitive)
+    ],
+)
 def test_is_prefix_model(config, name, expected):
     assert is_prefix_model(config, name) is expected

@@ -221,8 +221,11 @@ def test_overwrite_removes_only_seqtunes_own_files(tmp_path):
     (output_dir / "my_plot.png").write_bytes(b"\x89PNG mine")
     (output_dir / "data").mkdir()
     (output_dir / "data" / "train.jsonl").write_bytes(b"{}\n")
-    user_files = {k: v for k, v in snapshot(output_dir).items() if k.split(os.sep)[0] in
-                  ("notes.txt", "vocab.txt", "my_plot.png", "data")}
+    user_files = {
+        k: v
+        for k, v in snapshot(output_dir).items()
+        if k.split(os.sep)[0] in ("notes.txt", "vocab.txt", "my_plot.png", "data")
+    }
 
     assert prepare_output_dir(str(output_dir), True, None, True) is None
     assert snapshot(output_dir) == user_files
@@ -306,14 +309,28 @@ def test_an_unwritable_parent_folder_is_refused_even_as_root(tmp_path, monkeypat
 
 def test_mark_run_started_writes_the_marker_and_the_arguments_with_tokens_redacted(tmp_path):
     output_dir = tmp_path / "run"
-    argv = ["--model_name_or_path", "tiny-t5", "--hub_token", "hf_SECRET_argv", "--token=hf_SECRET_eq",
-            "--output_dir", str(output_dir)]
+    argv = [
+        "--model_name_or_path",
+        "tiny-t5",
+        "--hub_token",
+        "hf_SECRET_argv",
+        "--token=hf_SECRET_eq",
+        "--output_dir",
+        str(output_dir),
+    ]
     mark_run_started(str(output_dir), argv, [ModelArgs(), RunArgs(output_dir=str(output_dir))])
 
     marker = read_json(output_dir / "seqtune_run.json")
     assert marker["status"] == "running"
-    assert marker["command"] == ["--model_name_or_path", "tiny-t5", "--hub_token", "<redacted>",
-                                 "--token=<redacted>", "--output_dir", str(output_dir)]
+    assert marker["command"] == [
+        "--model_name_or_path",
+        "tiny-t5",
+        "--hub_token",
+        "<redacted>",
+        "--token=<redacted>",
+        "--output_dir",
+        str(output_dir),
+    ]
     saved = read_json(output_dir / "seqtune_args.json")
     assert saved["token"] == "<redacted>" and saved["hub_token"] == "<redacted>"
     assert saved["push_to_hub_token"] is None  # nothing to hide
@@ -358,7 +375,11 @@ def test_write_results_writes_the_split_and_merges_all_results(tmp_path):
     assert read_json(tmp_path / "train_results.json") == {"train_loss": 2.0, "train_samples": 64}
     assert read_json(tmp_path / "eval_results.json") == {"eval_rouge1": 12.0, "eval_samples": 16}
     assert read_json(tmp_path / "all_results.json") == {
-        "train_loss": 2.0, "train_samples": 64, "eval_rouge1": 12.0, "eval_samples": 16}
+        "train_loss": 2.0,
+        "train_samples": 64,
+        "eval_rouge1": 12.0,
+        "eval_samples": 16,
+    }
     assert leftovers_in(tmp_path) == []
 
 
@@ -439,8 +460,15 @@ def test_shareable_files_are_only_seqtunes_top_level_outputs(tmp_path):
     (output_dir / "vocab.txt").write_text("not a recorded model file")
 
     assert shareable_files(str(output_dir)) == [
-        "README.md", "all_results.json", "config.json", "eval_results.json", "generated_predictions.txt",
-        "model.safetensors", "plot_loss.png", "seqtune_args.json", "tokenizer.json",
+        "README.md",
+        "all_results.json",
+        "config.json",
+        "eval_results.json",
+        "generated_predictions.txt",
+        "model.safetensors",
+        "plot_loss.png",
+        "seqtune_args.json",
+        "tokenizer.json",
     ]
 
 

@@ -15,26 +15,40 @@ import pytest
 import torch
 from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, UNKNOWN_WORD, quick_args, run_script, synthetic_corpus, write_jsonl
 
-from seqtune.recipes import accelerate_loop as train_loop, trainer as train_trainer
+from seqtune.arguments import check_mixed_precision
 from seqtune.checkpoints import list_checkpoints
 from seqtune.errors import UserError
-from seqtune.arguments import check_mixed_precision
 from seqtune.precision import (
     NonFiniteLossError,
     check_loss_is_finite,
     non_finite_loss_message,
     warn_fp16_overflow,
 )
+from seqtune.recipes import accelerate_loop as train_loop
+from seqtune.recipes import trainer as train_trainer
 from seqtune.runtime import accelerator_available
 
 no_gpu = pytest.mark.skipif(accelerator_available(), reason="this machine has a GPU: --fp16 is allowed there")
-FP16_REFUSED = ("seqtune: error: --fp16 needs a CUDA GPU and none is visible. "
-                "Fix: use --bf16 for mixed precision on a CPU, or drop --fp16.")
+FP16_REFUSED = (
+    "seqtune: error: --fp16 needs a CUDA GPU and none is visible. "
+    "Fix: use --bf16 for mixed precision on a CPU, or drop --fp16."
+)
 
 
 def trainer_args(model, files, output_dir, steps: int, *extra: str) -> list[str]:
-    return quick_args(model, files, output_dir, "--do_train", "--max_steps", str(steps), "--logging_steps", "1",
-                      "--disable_tqdm", "true", *extra)
+    return quick_args(
+        model,
+        files,
+        output_dir,
+        "--do_train",
+        "--max_steps",
+        str(steps),
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    )
 
 
 def loop_args(model, files, output_dir, steps: int, *extra: str) -> list[str]:
@@ -133,14 +147,21 @@ def test_fp16_with_t5_warns_up_front(caplog):
 
 
 def test_non_finite_message_names_step_and_cause():
-    message = non_finite_loss_message(7, float("nan"), mixed_precision="fp16", model_type="t5", learning_rate=3e-4,
-                                      last_checkpoint="/out/checkpoint-6")
+    message = non_finite_loss_message(
+        7,
+        float("nan"),
+        mixed_precision="fp16",
+        model_type="t5",
+        learning_rate=3e-4,
+        last_checkpoint="/out/checkpoint-6",
+    )
     assert message.startswith("the training loss is nan at step 7; training stopped there.")
     assert "t5 (T5-family) models overflow in fp16" in message
     assert "--bf16" in message and "fp32" in message
     assert "/out/checkpoint-6, is kept" in message
-    message = non_finite_loss_message(2, float("inf"), mixed_precision="no", model_type="bart", learning_rate=5.0,
-                                      last_checkpoint=None)
+    message = non_finite_loss_message(
+        2, float("inf"), mixed_precision="no", model_type="bart", learning_rate=5.0, last_checkpoint=None
+    )
     assert "inf at step 2" in message and "the learning rate (5) is too high" in message
     assert "No checkpoint was written before it." in message
 
@@ -155,7 +176,9 @@ def test_loss_guard_passes_finite_and_stops_non_finite(tmp_path):
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(script, trap_model, corpus_files, tmp_path, capsys):
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
+    script, trap_model, corpus_files, tmp_path, capsys
+):
     """Example 13 makes the trap model's loss NaN: training stops at the step that trains on it
     (step 4 in the Trainer's file order, a seeded step in the no_trainer script's shuffled one)."""
     main, arguments, checkpoint_every_step = SCRIPTS[script]
@@ -176,7 +199,9 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(script
     if script == "trainer":
         assert step == 4  # batches of 4 in file order: example 13 is in the 4th
     assert 3 <= step <= 10
-    assert "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
+    assert (
+        "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
+    )
     assert f"{output_dir / f'checkpoint-{step - 1}'}, is kept" in stderr
     kept = [os.path.basename(c) for c in list_checkpoints(str(output_dir))]
     assert kept == [f"checkpoint-{step - 2}", f"checkpoint-{step - 1}"]  # nothing written at or after the bad step

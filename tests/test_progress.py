@@ -55,12 +55,28 @@ def run_in_terminal(command: list[str], env: dict, timeout: float = 300) -> tupl
 
 def test_training_shows_a_bar_with_loss_and_learning_rate_on_a_terminal(t5_model, corpus_files, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SEQTUNE_PROGRESS",)}
-    args = quick_args(t5_model, corpus_files, tmp_path / "out", "--do_train", "--do_eval", "--predict_with_generate",
-                      "--max_steps", "4", "--logging_steps", "1", "--save_steps", "4", "--max_eval_samples", "8")
+    args = quick_args(
+        t5_model,
+        corpus_files,
+        tmp_path / "out",
+        "--do_train",
+        "--do_eval",
+        "--predict_with_generate",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "4",
+        "--max_eval_samples",
+        "8",
+    )
     code, output = run_in_terminal([sys.executable, TRAINER_SCRIPT, *args], env)
     assert code == 0, output[-3000:]
     assert "\r" in output  # the bar is redrawn in place
-    assert re.search(r"Training: +100%.*4/4 \[[^\]]*(step/s|s/ step), loss=[\d.]+, lr=[\d.e-]+\]", output), output[-3000:]
+    assert re.search(r"Training: +100%.*4/4 \[[^\]]*(step/s|s/ step), loss=[\d.]+, lr=[\d.e-]+\]", output), output[
+        -3000:
+    ]
     assert re.search(r"Evaluating: +100%.*1/1 \[", output)
     assert "seqtune.progress: Training:" not in output  # no log lines where a bar is shown
 

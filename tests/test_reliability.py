@@ -71,17 +71,23 @@ def user_files(out) -> None:
     (out / "results.csv").write_text("rouge1\n0.5\n")
 
 
-SCRIPTS = [pytest.param(TRAINER_SCRIPT, id="trainer"),
-           pytest.param(LOOP_SCRIPT, id="no_trainer",
-                        marks=pytest.mark.skipif(not os.path.exists(LOOP_SCRIPT), reason="no_trainer script missing"))]
+SCRIPTS = [
+    pytest.param(TRAINER_SCRIPT, id="trainer"),
+    pytest.param(
+        LOOP_SCRIPT,
+        id="no_trainer",
+        marks=pytest.mark.skipif(not os.path.exists(LOOP_SCRIPT), reason="no_trainer script missing"),
+    ),
+]
 
 
 # --------------------------------------------------------------------------- no deletes, no overwrites
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_a_folder_of_user_files_is_refused_and_not_touched(script, t5_model, corpus_files, tmp_path, isolated_hf_home,
-                                                            capsys):
+def test_a_folder_of_user_files_is_refused_and_not_touched(
+    script, t5_model, corpus_files, tmp_path, isolated_hf_home, capsys
+):
     out = tmp_path / "mine"
     user_files(out)
     before = snapshot(out)
@@ -92,8 +98,9 @@ def test_a_folder_of_user_files_is_refused_and_not_touched(script, t5_model, cor
     assert snapshot(out) == before
 
 
-def test_a_finished_run_without_checkpoints_is_not_overwritten(t5_model, corpus_files, tmp_path, isolated_hf_home,
-                                                               capsys):
+def test_a_finished_run_without_checkpoints_is_not_overwritten(
+    t5_model, corpus_files, tmp_path, isolated_hf_home, capsys
+):
     out = tmp_path / "done"
     args = recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "2", "--save_strategy", "no")
     assert isinstance(run_recipe(TRAINER_SCRIPT, args), dict)
@@ -104,17 +111,34 @@ def test_a_finished_run_without_checkpoints_is_not_overwritten(t5_model, corpus_
     assert snapshot(out) == before
 
 
-def test_resuming_a_checkpoint_into_a_folder_of_user_files_is_refused(t5_model, corpus_files, tmp_path,
-                                                                      isolated_hf_home, capsys):
+def test_resuming_a_checkpoint_into_a_folder_of_user_files_is_refused(
+    t5_model, corpus_files, tmp_path, isolated_hf_home, capsys
+):
     run = tmp_path / "run"
-    assert isinstance(run_recipe(TRAINER_SCRIPT, recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, run,
-                                                             "--max_steps", "2", "--save_steps", "2")), dict)
+    assert isinstance(
+        run_recipe(
+            TRAINER_SCRIPT,
+            recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, run, "--max_steps", "2", "--save_steps", "2"),
+        ),
+        dict,
+    )
     out = tmp_path / "mine"
     user_files(out)
     (out / "README.md").write_text("my project\n")  # a name the final model's card would take
     before = snapshot(out)
-    code = run_recipe(TRAINER_SCRIPT, recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "3",
-                                                  "--resume_from_checkpoint", str(run / "checkpoint-2")))
+    code = run_recipe(
+        TRAINER_SCRIPT,
+        recipe_args(
+            TRAINER_SCRIPT,
+            t5_model,
+            corpus_files,
+            out,
+            "--max_steps",
+            "3",
+            "--resume_from_checkpoint",
+            str(run / "checkpoint-2"),
+        ),
+    )
     assert code == 2
     assert "not a seqtune run" in capsys.readouterr().err
     assert snapshot(out) == before
@@ -126,15 +150,21 @@ def test_overwrite_replaces_only_seqtunes_own_files(t5_model, corpus_files, tmp_
     assert isinstance(run_recipe(TRAINER_SCRIPT, first), dict)
     assert {"checkpoint-2", "checkpoint-4"} <= set(os.listdir(out))
     user_files(out)
-    mine = {name: digest for name, digest in snapshot(out).items()
-            if name.startswith(("notes.txt", "my-data", "checkpoint-notes.md", "results.csv"))}
+    mine = {
+        name: digest
+        for name, digest in snapshot(out).items()
+        if name.startswith(("notes.txt", "my-data", "checkpoint-notes.md", "results.csv"))
+    }
 
-    second = recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "3", "--save_steps", "3",
-                         "--overwrite_output_dir")
+    second = recipe_args(
+        TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "3", "--save_steps", "3", "--overwrite_output_dir"
+    )
     assert isinstance(run_recipe(TRAINER_SCRIPT, second), dict)
     after = snapshot(out)
     assert {name: after.get(name) for name in mine} == mine  # every user file and folder, byte for byte
-    checkpoints = sorted(name for name in os.listdir(out) if name.startswith("checkpoint-") and os.path.isdir(out / name))
+    checkpoints = sorted(
+        name for name in os.listdir(out) if name.startswith("checkpoint-") and os.path.isdir(out / name)
+    )
     assert checkpoints == ["checkpoint-3"]  # the first run's checkpoints are gone, not resumed from
     assert read_json(out / "trainer_state.json")["global_step"] == 3
     assert read_json(out / "train_results.json")["train_samples"] == 64
@@ -153,13 +183,19 @@ def _wait_for(predicate, process, timeout: float = 120.0) -> bool:
     return False
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(t5_model, corpus_files, tmp_path,
-                                                                                    isolated_hf_home):
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_the_same_command(
+    t5_model, corpus_files, tmp_path, isolated_hf_home
+):
     out = tmp_path / "killed"
-    args = recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "3", "--save_steps", "3",
-                       "--logging_steps", "1")
-    process = subprocess.Popen([sys.executable, TRAINER_SCRIPT, *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    args = recipe_args(
+        TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "3", "--save_steps", "3", "--logging_steps", "1"
+    )
+    process = subprocess.Popen(
+        [sys.executable, TRAINER_SCRIPT, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         marked = _wait_for(lambda: (out / "seqtune_run.json").exists(), process)
         assert marked, "the run ended before writing its marker"
@@ -216,8 +252,10 @@ def test_an_unwritable_output_dir_is_a_clear_error_at_start(t5_model, corpus_fil
             pytest.skip("running as root and user namespaces are not allowed here: no way to be refused")
         prefix = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
     # An existing folder, and one to be created: one process runs the recipe for both (imports cost seconds).
-    argvs = [recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "2")
-             for out in (locked / "out", locked / "new" / "out")]
+    argvs = [
+        recipe_args(TRAINER_SCRIPT, t5_model, corpus_files, out, "--max_steps", "2")
+        for out in (locked / "out", locked / "new" / "out")
+    ]
     program = (
         "import sys, json\n"
         "from seqtune.recipes.trainer import main\n"
@@ -229,8 +267,13 @@ def test_an_unwritable_output_dir_is_a_clear_error_at_start(t5_model, corpus_fil
         "        print(f'exit {exit_.code}', file=sys.stderr)\n"
     )
     try:
-        result = subprocess.run([*prefix, sys.executable, "-c", program, json.dumps(argvs)], capture_output=True,
-                                text=True, env=_child_env(), timeout=300)
+        result = subprocess.run(
+            [*prefix, sys.executable, "-c", program, json.dumps(argvs)],
+            capture_output=True,
+            text=True,
+            env=_child_env(),
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("seqtune: error:")]
         assert [line for line in result.stderr.splitlines() if line.startswith("exit ")] == ["exit 2", "exit 2"]
@@ -243,8 +286,9 @@ def test_an_unwritable_output_dir_is_a_clear_error_at_start(t5_model, corpus_fil
         (locked / "out").chmod(0o755)
 
 
-def test_a_full_disk_at_a_save_is_a_clear_error_and_the_previous_checkpoint_survives(t5_model, corpus_files, tmp_path,
-                                                                                    isolated_hf_home):
+def test_a_full_disk_at_a_save_is_a_clear_error_and_the_previous_checkpoint_survives(
+    t5_model, corpus_files, tmp_path, isolated_hf_home
+):
     """A tmpfs just big enough for one checkpoint: the second fails with ENOSPC, for real."""
     if not _namespace_works("--user", "--map-root-user", "--mount"):
         pytest.skip("user and mount namespaces are not allowed here: cannot mount a small tmpfs to fill up")
@@ -265,8 +309,13 @@ mount -o remount,size=64m '{disk}' || exit 91
 cp -a '{out}' '{kept}/again'
 """
     kept.mkdir()
-    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell], capture_output=True,
-                            text=True, env=_child_env(), timeout=400)
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        timeout=400,
+    )
     if result.returncode in (90, 91):
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr

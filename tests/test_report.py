@@ -51,10 +51,31 @@ def records_of(out, event):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, t5_model, corpus_files):
     out = tmp_path_factory.mktemp("report") / "run"
-    args = quick_args(t5_model, corpus_files, out, "--do_train", "--do_eval", "--do_predict", "--predict_with_generate",
-                      "--max_steps", "6", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "3",
-                      "--save_steps", "3", "--max_eval_samples", "8", "--max_predict_samples", "6",
-                      "--report_to", "tensorboard")
+    args = quick_args(
+        t5_model,
+        corpus_files,
+        out,
+        "--do_train",
+        "--do_eval",
+        "--do_predict",
+        "--predict_with_generate",
+        "--max_steps",
+        "6",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--max_eval_samples",
+        "8",
+        "--max_predict_samples",
+        "6",
+        "--report_to",
+        "tensorboard",
+    )
     result = run_script(TRAINER_SCRIPT, args, env=NOT_A_TERMINAL)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
@@ -130,8 +151,12 @@ def tensorboard_scalars(folder) -> dict[str, list[int]]:
     """{tag: [steps]} of every scalar in the TensorBoard event files under `folder`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    event_files = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                   if name.startswith("events.out.tfevents")]
+    event_files = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.startswith("events.out.tfevents")
+    ]
     assert event_files, f"no event files under {folder}"
     scalars: dict[str, list[int]] = {}
     for path in event_files:
@@ -172,8 +197,16 @@ def find_chromium() -> str | None:
     return None
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 # Added to a copy of the report (next to the original, so the same relative image paths
 # resolve): once the page has loaded, write how many images decoded into the DOM.
@@ -218,8 +251,13 @@ def test_report_renders_in_headless_chromium_with_every_image(finished_run, tmp_
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("checkpoint-*", "runs", "*.safetensors"))
 
     screenshot = tmp_path / "report.png"
-    result = render(chromium, str(copy / "report.html"), tmp_path / "profile-1", "--window-size=1200,1800",
-                    f"--screenshot={screenshot}")
+    result = render(
+        chromium,
+        str(copy / "report.html"),
+        tmp_path / "profile-1",
+        "--window-size=1200,1800",
+        f"--screenshot={screenshot}",
+    )
     assert result.returncode == 0 and screenshot.exists(), result.stderr[-2000:]
     from matplotlib.image import imread
 
@@ -232,12 +270,27 @@ def test_report_renders_in_headless_chromium_with_every_image(finished_run, tmp_
     assert loaded_images(chromium, copy, tmp_path / "profile-3") == f"{len(PLOTS) - 1}/{len(PLOTS)}"
 
 
-def test_no_trainer_script_writes_the_log_the_report_and_tensorboard(t5_model, corpus_files, tmp_path,
-                                                                     isolated_hf_home):
+def test_no_trainer_script_writes_the_log_the_report_and_tensorboard(
+    t5_model, corpus_files, tmp_path, isolated_hf_home
+):
     out = tmp_path / "loop"
-    args = quick_args(t5_model, corpus_files, out, "--do_predict", "--max_train_steps", "4", "--logging_steps", "1",
-                      "--max_eval_samples", "8", "--max_predict_samples", "6", "--with_tracking",
-                      "--report_to", "tensorboard")
+    args = quick_args(
+        t5_model,
+        corpus_files,
+        out,
+        "--do_predict",
+        "--max_train_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--max_eval_samples",
+        "8",
+        "--max_predict_samples",
+        "6",
+        "--with_tracking",
+        "--report_to",
+        "tensorboard",
+    )
     result = run_script(LOOP_SCRIPT, args, env=NOT_A_TERMINAL)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in records_of(out, "train")] == [1, 2, 3, 4]
@@ -292,11 +345,15 @@ def test_report_of_a_killed_run_and_the_log_after_resuming(t5_model, corpus_file
     # Resume (same output dir, no --overwrite_output_dir) and finish at a nearer step.
     resumed_from = checkpoint_step(os.path.basename(newest_checkpoint(str(out))))
     end = killed_at + 2
-    result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, *common, "--max_steps", str(end)),
-                        env=NOT_A_TERMINAL)
+    result = run_script(
+        TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, *common, "--max_steps", str(end)), env=NOT_A_TERMINAL
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    raw_steps = [json.loads(line).get("step") for line in (out / "log_history.jsonl").read_text().splitlines()
-                 if '"event": "train"' in line]
+    raw_steps = [
+        json.loads(line).get("step")
+        for line in (out / "log_history.jsonl").read_text().splitlines()
+        if '"event": "train"' in line
+    ]
     assert raw_steps.count(resumed_from + 1) == 2  # logged by the killed attempt and by the resumed one
     assert [r["step"] for r in records_of(out, "train")] == list(range(1, end + 1))
     page = (out / "report.html").read_text(encoding="utf-8")

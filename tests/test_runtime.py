@@ -24,8 +24,10 @@ def single_process(monkeypatch):
 @pytest.fixture()
 def restore_logging():
     """setup_logging changes process-wide logging state: put it back for the other tests."""
-    saved = {name: (logger.level, list(logger.handlers), logger.propagate)
-             for name, logger in ((name, logging.getLogger(name)) for name in LOGGERS)}
+    saved = {
+        name: (logger.level, list(logger.handlers), logger.propagate)
+        for name, logger in ((name, logging.getLogger(name)) for name in LOGGERS)
+    }
     yield
     for name, (level, handlers, propagate) in saved.items():
         logger = logging.getLogger(name)
@@ -74,8 +76,9 @@ def test_setup_logging_other_ranks_only_warn(monkeypatch, restore_logging):
     assert logging.getLogger("accelerate").level == logging.WARNING
 
 
-@pytest.mark.parametrize("flag, expected", [("debug", logging.DEBUG), ("error", logging.ERROR),
-                                            ("bogus", logging.INFO)])
+@pytest.mark.parametrize(
+    "flag, expected", [("debug", logging.DEBUG), ("error", logging.ERROR), ("bogus", logging.INFO)]
+)
 def test_setup_logging_explicit_level_on_rank_zero(restore_logging, flag, expected):
     setup_logging(flag)
     assert logging.getLogger("seqtune").level == expected

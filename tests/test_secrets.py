@@ -38,9 +38,14 @@ def files_containing(folder: str, secret: str) -> list[str]:
     return found
 
 
-SCRIPTS = [pytest.param(TRAINER_SCRIPT, id="trainer"),
-           pytest.param(LOOP_SCRIPT, id="no_trainer",
-                        marks=pytest.mark.skipif(not os.path.exists(LOOP_SCRIPT), reason="no_trainer script missing"))]
+SCRIPTS = [
+    pytest.param(TRAINER_SCRIPT, id="trainer"),
+    pytest.param(
+        LOOP_SCRIPT,
+        id="no_trainer",
+        marks=pytest.mark.skipif(not os.path.exists(LOOP_SCRIPT), reason="no_trainer script missing"),
+    ),
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -48,11 +53,37 @@ def test_tokens_appear_in_no_log_and_no_written_file(script, t5_model, corpus_fi
     out = tmp_path / "out"
     secrets = ["--token", TOKEN, f"--hub_token={HUB_TOKEN}"]
     if script == TRAINER_SCRIPT:
-        flags = ["--do_train", "--do_eval", "--do_predict", "--predict_with_generate", "--max_steps", "2",
-                 "--save_steps", "1", "--logging_steps", "1", "--max_eval_samples", "4", "--max_predict_samples", "4"]
+        flags = [
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--predict_with_generate",
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--max_eval_samples",
+            "4",
+            "--max_predict_samples",
+            "4",
+        ]
     else:
-        flags = ["--max_train_steps", "2", "--checkpointing_steps", "1", "--with_tracking", "--do_predict",
-                 "--max_eval_samples", "4", "--max_predict_samples", "4", "--logging_steps", "1"]
+        flags = [
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "1",
+            "--with_tracking",
+            "--do_predict",
+            "--max_eval_samples",
+            "4",
+            "--max_predict_samples",
+            "4",
+            "--logging_steps",
+            "1",
+        ]
     args = quick_args(t5_model, corpus_files, out, *flags, *secrets)
     args[args.index("--report_to") + 1] = "tensorboard"  # its event files hold the hyper-parameters
     result = run_script(script, args, env={"HF_TOKEN": ENV_TOKEN})
@@ -76,8 +107,9 @@ def test_the_pickled_training_arguments_keep_everything_but_the_token(tmp_path):
     """training_args.bin (in each checkpoint and beside the final model) is a pickle of the arguments."""
     import pickle
 
-    (args,) = parse_arguments((TrainerArguments,), ["--output_dir", str(tmp_path), "--hub_token", HUB_TOKEN,
-                                                    "--learning_rate", "0.25"])
+    (args,) = parse_arguments(
+        (TrainerArguments,), ["--output_dir", str(tmp_path), "--hub_token", HUB_TOKEN, "--learning_rate", "0.25"]
+    )
     restored = pickle.loads(pickle.dumps(args))
     assert restored.hub_token is None and restored.learning_rate == 0.25 and restored.output_dir == str(tmp_path)
     assert args.hub_token == HUB_TOKEN  # the run itself keeps it (for --push_to_hub)
@@ -85,7 +117,7 @@ def test_the_pickled_training_arguments_keep_everything_but_the_token(tmp_path):
 
 # --------------------------------------------------------------------------- remote code
 
-REMOTE_CONFIG = '''
+REMOTE_CONFIG = """
 import os
 from transformers import T5Config
 
@@ -95,9 +127,9 @@ with open(os.environ["SEQTUNE_REMOTE_CODE_MARKER"], "a") as handle:
 
 class CustomT5Config(T5Config):
     model_type = "seqtune-custom-t5"
-'''
+"""
 
-REMOTE_MODEL = '''
+REMOTE_MODEL = """
 from transformers import T5ForConditionalGeneration
 
 from .configuration_custom import CustomT5Config
@@ -105,7 +137,7 @@ from .configuration_custom import CustomT5Config
 
 class CustomT5(T5ForConditionalGeneration):
     config_class = CustomT5Config
-'''
+"""
 
 
 @pytest.fixture()
@@ -114,10 +146,13 @@ def remote_code_model(t5_model, tmp_path, monkeypatch) -> tuple[str, str]:
     folder = tmp_path / "custom-model"
     shutil.copytree(t5_model, folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="seqtune-custom-t5", auto_map={
-        "AutoConfig": "configuration_custom.CustomT5Config",
-        "AutoModelForSeq2SeqLM": "modeling_custom.CustomT5",
-    })
+    config.update(
+        model_type="seqtune-custom-t5",
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomT5Config",
+            "AutoModelForSeq2SeqLM": "modeling_custom.CustomT5",
+        },
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "configuration_custom.py").write_text(REMOTE_CONFIG)
     (folder / "modeling_custom.py").write_text(REMOTE_MODEL)

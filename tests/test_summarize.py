@@ -24,8 +24,9 @@ PREFIX = "summarize: "
 def trained_dir(tmp_path_factory, t5_model, corpus_files):
     """The output dir of a real (short) training run."""
     out = tmp_path_factory.mktemp("summarize") / "run"
-    result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, "--do_train", "--max_steps", "2",
-                                                   "--save_steps", "2"))
+    result = run_script(
+        TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, "--do_train", "--max_steps", "2", "--save_steps", "2")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -39,7 +40,9 @@ def copying_model(tmp_path_factory, t5_model):
     folder = tmp_path_factory.mktemp("summarize") / "model"
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)
     model.generation_config.suppress_tokens = [0, 1, 2, 3]
-    remember_summarization_settings(model, DataArguments(source_prefix=PREFIX, max_source_length=64, max_target_length=6))
+    remember_summarization_settings(
+        model, DataArguments(source_prefix=PREFIX, max_source_length=64, max_target_length=6)
+    )
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(t5_model).save_pretrained(folder)
     return str(folder)
@@ -73,8 +76,15 @@ def read_jsonl(path) -> list[dict]:
 
 def run_cli(*argv, stdin: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, SEQTUNE_PROGRESS="")
-    return subprocess.run([sys.executable, "-m", "seqtune.cli", "summarize", *map(str, argv)], input=stdin,
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "seqtune.cli", "summarize", *map(str, argv)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def test_training_saves_the_prefix_with_the_model_and_summarize_reads_stdin(trained_dir):
@@ -99,12 +109,24 @@ def test_every_input_kind_in_input_order_batched_by_length(copying_model, corpus
         writer = csv.writer(handle)
         writer.writerow(["name", "article"])
         writer.writerows([[f"n{i}", row["document"]] for i, row in enumerate(rows[2:5])])
-    pd.DataFrame({"document": [row["document"] for row in rows[5:8]], "key": ["x", "y", "z"]}).to_parquet(tmp_path / "docs.parquet")
+    pd.DataFrame({"document": [row["document"] for row in rows[5:8]], "key": ["x", "y", "z"]}).to_parquet(
+        tmp_path / "docs.parquet"
+    )
     out = tmp_path / "summaries.jsonl"
 
-    count = summarize("--model", copying_model, "--batch_size", 3, "--output", out,
-                      tmp_path / "a.txt", tmp_path / "b.md", corpus_files["test"], tmp_path / "docs.csv",
-                      tmp_path / "docs.parquet")
+    count = summarize(
+        "--model",
+        copying_model,
+        "--batch_size",
+        3,
+        "--output",
+        out,
+        tmp_path / "a.txt",
+        tmp_path / "b.md",
+        corpus_files["test"],
+        tmp_path / "docs.csv",
+        tmp_path / "docs.parquet",
+    )
     assert count == 2 + 12 + 3 + 3
     results = read_jsonl(out)
     test_file = corpus_files["test"]
@@ -114,8 +136,11 @@ def test_every_input_kind_in_input_order_batched_by_length(copying_model, corpus
         + [f"{tmp_path / 'docs.csv'}:{n}" for n in range(1, 4)]
         + [f"{tmp_path / 'docs.parquet'}:{n}" for n in range(1, 4)]
     )
-    texts = [rows[0]["document"], rows[1]["document"]] + [row["document"] for row in rows] + \
-            [row["document"] for row in rows[2:8]]
+    texts = (
+        [rows[0]["document"], rows[1]["document"]]
+        + [row["document"] for row in rows]
+        + [row["document"] for row in rows[2:8]]
+    )
     summaries = [r["summary"] for r in results]
     assert summaries == one_by_one(copying_model, texts, PREFIX)  # same as each text alone, same order
     assert len(set(summaries)) > 3  # the summaries depend on the text, so a mix-up would show
@@ -124,14 +149,19 @@ def test_every_input_kind_in_input_order_batched_by_length(copying_model, corpus
 
 def test_lines_text_format_id_column_and_overrides(copying_model, tmp_path, capsys, caplog):
     notes = tmp_path / "notes.txt"
-    notes.write_text("on monday the bank of oslo said it will close the old park .\n\n"
-                     "on friday the museum of rome said it will open the old tower .\n", encoding="utf-8")
+    notes.write_text(
+        "on monday the bank of oslo said it will close the old park .\n\n"
+        "on friday the museum of rome said it will open the old tower .\n",
+        encoding="utf-8",
+    )
     assert summarize("--model", copying_model, "--lines", notes) == 2
     ids = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
     assert ids == [f"{notes}:1", f"{notes}:3"]
 
     table = tmp_path / "rows.jsonl"
-    table.write_text("".join(json.dumps({"key": k, "text": t}) + "\n" for k, t in [("k1", "oslo bank ."), ("k2", "rome museum .")]))
+    table.write_text(
+        "".join(json.dumps({"key": k, "text": t}) + "\n" for k, t in [("k1", "oslo bank ."), ("k2", "rome museum .")])
+    )
     assert summarize("--model", copying_model, "--id_column", "key", table) == 2
     assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["k1", "k2"]
 
@@ -174,4 +204,7 @@ def test_bad_input_gets_a_clear_message(copying_model, trained_dir, tmp_path, ca
     shutil.copytree(trained_dir / "checkpoint-2", unfinished / "checkpoint-2")  # a run stopped before its end
     assert summarize("--model", unfinished, latin) == 2
     err = capsys.readouterr().err
-    assert "holds no saved model" in err and f"Fix: pass its newest checkpoint, --model {unfinished / 'checkpoint-2'}" in err
+    assert (
+        "holds no saved model" in err
+        and f"Fix: pass its newest checkpoint, --model {unfinished / 'checkpoint-2'}" in err
+    )

@@ -12,7 +12,6 @@ import os
 import sys
 
 import pytest
-
 from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT
 
 _spec = importlib.util.spec_from_file_location("torture", os.path.join(REPO, "scripts", "torture.py"))
@@ -22,10 +21,18 @@ _spec.loader.exec_module(torture)
 
 
 @pytest.mark.timeout(600)
-def test_trainer_script_survives_kills_during_checkpoint_writes_rotation_and_final_save(tmp_path, t5_model, corpus_files):
+def test_trainer_script_survives_kills_during_checkpoint_writes_rotation_and_final_save(
+    tmp_path, t5_model, corpus_files
+):
     report = torture.torture(
-        TRAINER_SCRIPT, kills=3, workdir=str(tmp_path), seed=1, modes=["checkpoint", "rotation", "final"],
-        model=t5_model, files=corpus_files, verbose=False,
+        TRAINER_SCRIPT,
+        kills=3,
+        workdir=str(tmp_path),
+        seed=1,
+        modes=["checkpoint", "rotation", "final"],
+        model=t5_model,
+        files=corpus_files,
+        verbose=False,
     )
     assert report.ok, report.summary()
     assert report.kills == 3, report.summary()
@@ -39,11 +46,19 @@ def test_trainer_script_survives_kills_during_checkpoint_writes_rotation_and_fin
 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not os.path.exists(LOOP_SCRIPT), reason="the no_trainer script is not there yet")
-def test_no_trainer_script_survives_kills_and_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, t5_model,
-                                                                                             corpus_files):
+def test_no_trainer_script_survives_kills_and_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path, t5_model, corpus_files
+):
     report = torture.torture(
-        LOOP_SCRIPT, kills=3, workdir=str(tmp_path), seed=2, modes=["checkpoint", "step", "final"],
-        model=t5_model, files=corpus_files, same_weights=True, verbose=False,
+        LOOP_SCRIPT,
+        kills=3,
+        workdir=str(tmp_path),
+        seed=2,
+        modes=["checkpoint", "step", "final"],
+        model=t5_model,
+        files=corpus_files,
+        same_weights=True,
+        verbose=False,
     )
     assert report.ok, report.summary()
     assert report.kills == 3, report.summary()
@@ -52,8 +67,8 @@ def test_no_trainer_script_survives_kills_and_ends_with_the_weights_of_an_uninte
 
 def test_the_checker_sees_a_torn_checkpoint(tmp_path):
     """The torture's own checks must be able to fail: a visible checkpoint with a truncated file."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()

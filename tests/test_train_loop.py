@@ -23,14 +23,45 @@ pytestmark = pytest.mark.timeout(300)
 
 # The flags of the Hugging Face no_trainer summarization script (issue 3, point 1).
 HF_FLAGS = [
-    "--model_name_or_path", "--config_name", "--tokenizer_name", "--dataset_name", "--dataset_config_name",
-    "--dataset_config", "--train_file", "--validation_file", "--text_column", "--summary_column", "--source_prefix",
-    "--max_source_length", "--max_target_length", "--val_max_target_length", "--pad_to_max_length",
-    "--preprocessing_num_workers", "--overwrite_cache", "--max_train_samples", "--max_eval_samples", "--num_beams",
-    "--per_device_train_batch_size", "--per_device_eval_batch_size", "--learning_rate", "--weight_decay",
-    "--num_train_epochs", "--max_train_steps", "--gradient_accumulation_steps", "--lr_scheduler_type",
-    "--num_warmup_steps", "--output_dir", "--seed", "--checkpointing_steps", "--resume_from_checkpoint",
-    "--with_tracking", "--report_to", "--trust_remote_code", "--push_to_hub", "--hub_model_id", "--hub_token",
+    "--model_name_or_path",
+    "--config_name",
+    "--tokenizer_name",
+    "--dataset_name",
+    "--dataset_config_name",
+    "--dataset_config",
+    "--train_file",
+    "--validation_file",
+    "--text_column",
+    "--summary_column",
+    "--source_prefix",
+    "--max_source_length",
+    "--max_target_length",
+    "--val_max_target_length",
+    "--pad_to_max_length",
+    "--preprocessing_num_workers",
+    "--overwrite_cache",
+    "--max_train_samples",
+    "--max_eval_samples",
+    "--num_beams",
+    "--per_device_train_batch_size",
+    "--per_device_eval_batch_size",
+    "--learning_rate",
+    "--weight_decay",
+    "--num_train_epochs",
+    "--max_train_steps",
+    "--gradient_accumulation_steps",
+    "--lr_scheduler_type",
+    "--num_warmup_steps",
+    "--output_dir",
+    "--seed",
+    "--checkpointing_steps",
+    "--resume_from_checkpoint",
+    "--with_tracking",
+    "--report_to",
+    "--trust_remote_code",
+    "--push_to_hub",
+    "--hub_model_id",
+    "--hub_token",
 ]
 ROUGE_KEYS = ["eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len"]
 
@@ -88,29 +119,63 @@ def test_help_lists_the_flags_of_the_hugging_face_script():
 def test_bad_loop_flags_are_user_errors(t5_model, corpus_files, tmp_path):
     from seqtune.recipes.accelerate_loop import main
 
-    for extra in (["--checkpointing_steps", "soon"], ["--gradient_accumulation_steps", "0"], ["--lr_scheduler_type", "x"]):
+    for extra in (
+        ["--checkpointing_steps", "soon"],
+        ["--gradient_accumulation_steps", "0"],
+        ["--lr_scheduler_type", "x"],
+    ):
         with pytest.raises(SystemExit) as exit_:
             main(loop_args(t5_model, corpus_files, tmp_path / "out", *extra))
         assert exit_.value.code == 2
     assert not (tmp_path / "out").exists()  # refused before anything was written
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, tmp_path / "out", "--checkpointing_steps", "soon"))
+    result = run_script(
+        LOOP_SCRIPT, loop_args(t5_model, corpus_files, tmp_path / "out", "--checkpointing_steps", "soon")
+    )
     assert result.returncode == 2 and "--checkpointing_steps" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_plain_python_evaluates_every_epoch_and_writes_what_the_trainer_script_writes(
-        bart_model, corpus_files, tmp_path, isolated_hf_home):
+    bart_model, corpus_files, tmp_path, isolated_hf_home
+):
     out = tmp_path / "out"
-    result = run_script(LOOP_SCRIPT, loop_args(
-        bart_model, corpus_files, out, "--max_train_samples", "16", "--max_eval_samples", "5",
-        "--max_predict_samples", "3", "--num_train_epochs", "2", "--checkpointing_steps", "epoch",
-        "--save_total_limit", "1", "--do_predict", "--with_tracking", "--report_to", "tensorboard"))
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            bart_model,
+            corpus_files,
+            out,
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "5",
+            "--max_predict_samples",
+            "3",
+            "--num_train_epochs",
+            "2",
+            "--checkpointing_steps",
+            "epoch",
+            "--save_total_limit",
+            "1",
+            "--do_predict",
+            "--with_tracking",
+            "--report_to",
+            "tensorboard",
+        ),
+    )
     assert_ok(result)
     log = result.stderr + result.stdout
     assert "epoch 0: eval_rouge1=" in log and "epoch 1: eval_rouge1=" in log  # ROUGE after every epoch
 
     results = read_json(out / "all_results.json")
-    for key in ROUGE_KEYS + ["eval_loss", "eval_samples", "train_loss", "train_samples", "total_flos",
-                             "predict_rouge1", "predict_samples"]:
+    for key in ROUGE_KEYS + [
+        "eval_loss",
+        "eval_samples",
+        "train_loss",
+        "train_samples",
+        "total_flos",
+        "predict_rouge1",
+        "predict_samples",
+    ]:
         assert key in results, key
     assert results["eval_samples"] == 5 and results["predict_samples"] == 3 and results["train_samples"] == 16
     assert read_json(out / "eval_results.json")["eval_rouge1"] == results["eval_rouge1"]
@@ -151,12 +216,27 @@ runpy.run_path(script, run_name="__main__")
 
 
 def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_bit(
-        dropout_model, corpus_files, tmp_path, isolated_hf_home):
+    dropout_model, corpus_files, tmp_path, isolated_hf_home
+):
     # 20 examples / batch 4 = 5 batches an epoch; 2 batches a step: steps end after batches
     # 2, 4 and 5 (the epoch's end). Checkpoints at steps 2 (epoch 0, 4 batches in), 4 (epoch 1,
     # 2 batches in) and 6. Dropout is on, so the RNG state matters too.
-    args = ["--max_train_samples", "20", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
-            "--num_train_epochs", "2", "--checkpointing_steps", "2", "--max_eval_samples", "4", "--logging_steps", "1"]
+    args = [
+        "--max_train_samples",
+        "20",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--num_train_epochs",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--max_eval_samples",
+        "4",
+        "--logging_steps",
+        "1",
+    ]
     straight = tmp_path / "straight"
     assert_ok(run_script(LOOP_SCRIPT, loop_args(dropout_model, corpus_files, straight, *args)))
     straight_results = read_json(straight / "all_results.json")
@@ -165,8 +245,9 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_b
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER, encoding="utf-8")
     killed = tmp_path / "killed"
-    result = run_script(str(killer), [LOOP_SCRIPT, *loop_args(dropout_model, corpus_files, killed, *args)],
-                        env={"KILL_AT_STEP": "4"})
+    result = run_script(
+        str(killer), [LOOP_SCRIPT, *loop_args(dropout_model, corpus_files, killed, *args)], env={"KILL_AT_STEP": "4"}
+    )
     assert result.returncode == -9, result.stderr[-3000:]
     assert os.path.isdir(checkpoints.staging_path(str(killed), 4))  # killed mid-write
     assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(killed))] == ["checkpoint-2"]
@@ -183,8 +264,12 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_b
 
     # --resume_from_checkpoint PATH, into a fresh output dir: from mid-epoch 1.
     explicit = tmp_path / "explicit"
-    result = run_script(LOOP_SCRIPT, loop_args(dropout_model, corpus_files, explicit, *args,
-                                               "--resume_from_checkpoint", str(straight / "checkpoint-4")))
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            dropout_model, corpus_files, explicit, *args, "--resume_from_checkpoint", str(straight / "checkpoint-4")
+        ),
+    )
     assert_ok(result)
     assert "Resumed at step 4 (epoch 1, 2 batches into it)" in result.stderr
     assert_same_weights(straight, explicit)
@@ -198,15 +283,35 @@ def test_loss_and_weights_match_the_trainer_script(t5_model, corpus_files, tmp_p
 
     common = ["--max_eval_samples", "6", "--max_predict_samples", "4", "--weight_decay", "0.01"]
     trainer_out, loop_out = tmp_path / "trainer", tmp_path / "loop"
-    trainer = run_script(TRAINER_SCRIPT, loop_args(
-        t5_model, corpus_files, trainer_out, *common, "--do_train", "--do_eval", "--do_predict",
-        "--predict_with_generate", "--max_steps", "6", "--logging_steps", "1", "--save_steps", "3"))
+    trainer = run_script(
+        TRAINER_SCRIPT,
+        loop_args(
+            t5_model,
+            corpus_files,
+            trainer_out,
+            *common,
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--predict_with_generate",
+            "--max_steps",
+            "6",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "3",
+        ),
+    )
     assert_ok(trainer)
-    loop = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, loop_out, *common, "--do_predict",
-                                             "--max_train_steps", "6"))
+    loop = run_script(
+        LOOP_SCRIPT, loop_args(t5_model, corpus_files, loop_out, *common, "--do_predict", "--max_train_steps", "6")
+    )
     assert_ok(loop)
 
-    trainer_results, loop_results = read_json(trainer_out / "all_results.json"), read_json(loop_out / "all_results.json")
+    trainer_results, loop_results = (
+        read_json(trainer_out / "all_results.json"),
+        read_json(loop_out / "all_results.json"),
+    )
     assert set(loop_results) == set(trainer_results)
     assert loop_results["train_loss"] == pytest.approx(trainer_results["train_loss"], rel=1e-5)
     assert loop_results["eval_loss"] == pytest.approx(trainer_results["eval_loss"], rel=1e-4)
@@ -218,8 +323,15 @@ def test_loss_and_weights_match_the_trainer_script(t5_model, corpus_files, tmp_p
     from seqtune.recipes.accelerate_loop import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(loop_args(t5_model, corpus_files, tmp_path / "refused", "--resume_from_checkpoint",
-                       str(trainer_out / "checkpoint-3")))
+        main(
+            loop_args(
+                t5_model,
+                corpus_files,
+                tmp_path / "refused",
+                "--resume_from_checkpoint",
+                str(trainer_out / "checkpoint-3"),
+            )
+        )
     assert exit_.value.code == 2 and not (tmp_path / "refused").exists()
     assert "not a checkpoint of run_summarization_no_trainer.py" in capsys.readouterr().err
 
@@ -230,14 +342,18 @@ def accelerate_command() -> list[str]:
 
 
 def test_accelerate_launch_after_accelerate_config_default(t5_model, corpus_files, tmp_path, isolated_hf_home):
-    configured = subprocess.run(accelerate_command() + ["config", "default"], capture_output=True, text=True, timeout=120)
+    configured = subprocess.run(
+        accelerate_command() + ["config", "default"], capture_output=True, text=True, timeout=120
+    )
     assert configured.returncode == 0, configured.stderr
     config_file = os.path.join(isolated_hf_home, "accelerate", "default_config.yaml")
     assert os.path.isfile(config_file)  # in the test's HF_HOME, not the user's
     out = tmp_path / "out"
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, "--max_train_steps", "2",
-                                               "--max_eval_samples", "4"),
-                        launcher=accelerate_command() + ["launch"])
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(t5_model, corpus_files, out, "--max_train_steps", "2", "--max_eval_samples", "4"),
+        launcher=accelerate_command() + ["launch"],
+    )
     assert_ok(result)
     assert "on 1 process(es)" in result.stderr
     assert {"eval_rouge1", "train_loss"} <= set(read_json(out / "all_results.json"))
@@ -252,11 +368,19 @@ def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):
     put_in_hf_cache(hf_home, "google-t5/t5-small", t5_model)
     write_hub_layout(tmp_path, "cnn_dailymail", {"train": cnn_rows(12, 1), "validation": cnn_rows(5, 2)})
     os.symlink(LOOP_SCRIPT, tmp_path / "run_summarization_no_trainer.py")
-    command = ('accelerate launch run_summarization_no_trainer.py --model_name_or_path google-t5/t5-small '
-               '--dataset_name cnn_dailymail --dataset_config "3.0.0" --source_prefix "summarize: " '
-               '--output_dir ~/tmp/tst-summarization')
-    env = dict(os.environ, HOME=str(tmp_path), HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    command = (
+        "accelerate launch run_summarization_no_trainer.py --model_name_or_path google-t5/t5-small "
+        '--dataset_name cnn_dailymail --dataset_config "3.0.0" --source_prefix "summarize: " '
+        "--output_dir ~/tmp/tst-summarization"
+    )
+    env = dict(
+        os.environ,
+        HOME=str(tmp_path),
+        HF_HOME=str(hf_home),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
     result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert_ok(result)
     results = read_json(tmp_path / "tmp" / "tst-summarization" / "all_results.json")
@@ -299,11 +423,38 @@ def check_two_process_run(result, out, references) -> None:
 def test_accelerate_launch_two_cpu_processes(t5_model, tmp_path, isolated_hf_home):
     files = distributed_world(str(tmp_path / "data"))
     out = tmp_path / "out"
-    launcher = accelerate_command() + ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                       "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, files, out, "--per_device_train_batch_size", "2",
-                                               "--per_device_eval_batch_size", "2", "--max_train_steps", "2",
-                                               "--checkpointing_steps", "2", "--do_predict"), launcher=launcher)
+    launcher = accelerate_command() + [
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            t5_model,
+            files,
+            out,
+            "--per_device_train_batch_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "2",
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--do_predict",
+        ),
+        launcher=launcher,
+    )
     references = [row["summary"] for row in synthetic_corpus(44, seed=3)[39:]]
     check_two_process_run(result, out, references)
 
@@ -311,9 +462,24 @@ def test_accelerate_launch_two_cpu_processes(t5_model, tmp_path, isolated_hf_hom
 def test_torchrun_two_processes(t5_model, tmp_path, isolated_hf_home):
     files = distributed_world(str(tmp_path / "data"))
     out = tmp_path / "out"
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, files, out, "--per_device_train_batch_size", "2",
-                                               "--per_device_eval_batch_size", "2", "--max_train_steps", "2",
-                                               "--checkpointing_steps", "2", "--do_predict"), launcher=torchrun(2))
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            t5_model,
+            files,
+            out,
+            "--per_device_train_batch_size",
+            "2",
+            "--per_device_eval_batch_size",
+            "2",
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--do_predict",
+        ),
+        launcher=torchrun(2),
+    )
     references = [row["summary"] for row in synthetic_corpus(44, seed=3)[39:]]
     check_two_process_run(result, out, references)
 
@@ -322,22 +488,44 @@ def test_torch_compile_trains_like_eager_and_its_checkpoints_resume(t5_model, co
     """--torch_compile wraps the model in torch.compile (aot_eager here: the same graph capture as
     inductor without a C++ build): same losses and weights as the eager run, plain weight names in
     the saved model, and a checkpoint of the compiled run resumes to the same weights."""
-    args = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--max_eval_samples", "4", "--num_train_epochs", "9"]
+    args = [
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--max_eval_samples",
+        "4",
+        "--num_train_epochs",
+        "9",
+    ]
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert_ok(run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, eager, *args)))
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, compiled, *args,
-                                               "--torch_compile_backend", "aot_eager"))
+    result = run_script(
+        LOOP_SCRIPT, loop_args(t5_model, corpus_files, compiled, *args, "--torch_compile_backend", "aot_eager")
+    )
     assert_ok(result)
     assert "torch.compile" in result.stderr  # it says so
     eager_weights, compiled_weights = weights(eager), weights(compiled)
     assert set(compiled_weights) == set(eager_weights)  # no "_orig_mod." prefixes
     assert max((eager_weights[n] - compiled_weights[n]).abs().max().item() for n in eager_weights) < 1e-4
     assert read_json(compiled / "all_results.json")["train_loss"] == pytest.approx(
-        read_json(eager / "all_results.json")["train_loss"], rel=1e-4)
+        read_json(eager / "all_results.json")["train_loss"], rel=1e-4
+    )
 
     resumed = tmp_path / "resumed"
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, resumed, *args, "--torch_compile_backend",
-                                               "aot_eager", "--resume_from_checkpoint", str(compiled / "checkpoint-2")))
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            t5_model,
+            corpus_files,
+            resumed,
+            *args,
+            "--torch_compile_backend",
+            "aot_eager",
+            "--resume_from_checkpoint",
+            str(compiled / "checkpoint-2"),
+        ),
+    )
     assert_ok(result)
     assert "Resumed at step 2" in result.stderr
     resumed_weights = weights(resumed)

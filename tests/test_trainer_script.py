@@ -30,14 +30,40 @@ def run_main(argv):
 
 def test_train_eval_predict_writes_every_output(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "out"
-    result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out,
-                        "--do_train", "--do_eval", "--do_predict", "--predict_with_generate",
-                        "--max_steps", "6", "--save_steps", "3", "--logging_steps", "2"))
+    result = run_script(
+        TRAINER_SCRIPT,
+        quick_args(
+            t5_model,
+            corpus_files,
+            out,
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--predict_with_generate",
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--logging_steps",
+            "2",
+        ),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     names = set(os.listdir(out))
-    for expected in ("config.json", "model.safetensors", "tokenizer.json", "checkpoint-3", "checkpoint-6",
-                     "train_results.json", "eval_results.json", "predict_results.json", "all_results.json",
-                     "generated_predictions.txt", "trainer_state.json", "README.md"):
+    for expected in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "checkpoint-3",
+        "checkpoint-6",
+        "train_results.json",
+        "eval_results.json",
+        "predict_results.json",
+        "all_results.json",
+        "generated_predictions.txt",
+        "trainer_state.json",
+        "README.md",
+    ):
         assert expected in names, f"{expected} missing from {sorted(names)}"
     results = read_json(out / "all_results.json")
     for key in ROUGE_KEYS + ["eval_samples", "eval_runtime", "train_samples", "train_runtime", "predict_samples"]:
@@ -57,8 +83,21 @@ def test_train_eval_predict_writes_every_output(t5_model, corpus_files, tmp_path
 
 def test_bart_trains_and_learns(bart_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "bart"
-    results = run_main(quick_args(bart_model, corpus_files, out, "--do_train", "--do_eval",
-                                  "--num_train_epochs", "2", "--logging_steps", "1", "--save_strategy", "no"))
+    results = run_main(
+        quick_args(
+            bart_model,
+            corpus_files,
+            out,
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+        )
+    )
     assert isinstance(results, dict)
     history = read_json(out / "trainer_state.json")["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
@@ -84,12 +123,23 @@ def test_rerun_resumes_from_the_newest_complete_checkpoint(t5_model, corpus_file
 
 def test_resume_from_a_named_checkpoint(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "a"
-    args = quick_args(t5_model, corpus_files, out, "--do_train", "--save_steps", "2", "--max_steps", "4",
-                      "--logging_steps", "1")
+    args = quick_args(
+        t5_model, corpus_files, out, "--do_train", "--save_steps", "2", "--max_steps", "4", "--logging_steps", "1"
+    )
     assert isinstance(run_main(args), dict)
     other = tmp_path / "b"
-    argv = quick_args(t5_model, corpus_files, other, "--do_train", "--max_steps", "5", "--logging_steps", "1",
-                      "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    argv = quick_args(
+        t5_model,
+        corpus_files,
+        other,
+        "--do_train",
+        "--max_steps",
+        "5",
+        "--logging_steps",
+        "1",
+        "--resume_from_checkpoint",
+        str(out / "checkpoint-2"),
+    )
     assert isinstance(run_main(argv), dict)
     state = read_json(other / "trainer_state.json")
     assert state["global_step"] == 5
@@ -129,12 +179,32 @@ def test_user_errors_exit_2_without_traceback_and_write_nothing(t5_model, corpus
 def test_help_lists_every_flag():
     result = run_script(TRAINER_SCRIPT, ["-h"])
     assert result.returncode == 0
-    for flag in ("--model_name_or_path", "--dataset_config_name", "--dataset_config", "--text_column",
-                 "--summary_column", "--source_prefix", "--max_source_length", "--val_max_target_length",
-                 "--pad_to_max_length", "--max_train_samples", "--max_predict_samples", "--num_beams",
-                 "--predict_with_generate", "--overwrite_output_dir", "--resume_from_checkpoint",
-                 "--push_to_hub_model_id", "--evaluation_strategy", "--group_by_length", "--tpu_num_cores",
-                 "--per_device_train_batch_size", "--save_total_limit", "--fp16", "--bf16", "--report_to"):
+    for flag in (
+        "--model_name_or_path",
+        "--dataset_config_name",
+        "--dataset_config",
+        "--text_column",
+        "--summary_column",
+        "--source_prefix",
+        "--max_source_length",
+        "--val_max_target_length",
+        "--pad_to_max_length",
+        "--max_train_samples",
+        "--max_predict_samples",
+        "--num_beams",
+        "--predict_with_generate",
+        "--overwrite_output_dir",
+        "--resume_from_checkpoint",
+        "--push_to_hub_model_id",
+        "--evaluation_strategy",
+        "--group_by_length",
+        "--tpu_num_cores",
+        "--per_device_train_batch_size",
+        "--save_total_limit",
+        "--fp16",
+        "--bf16",
+        "--report_to",
+    ):
         assert flag in result.stdout, flag
     assert "Column with the full text to summarize" in result.stdout
 
@@ -144,9 +214,23 @@ def test_legacy_flags_map_to_todays_arguments(tmp_path):
 
     _, data, training = parse_arguments(
         (ModelArguments, DataArguments, TrainerArguments),
-        ["--output_dir", str(tmp_path), "--dataset_config", "3.0.0", "--evaluation_strategy", "steps",
-         "--eval_steps=7", "--group_by_length", "--push_to_hub_model_id", "me/model", "--tpu_num_cores", "8",
-         "--per_device_train_batch_size=4", "--num_train_epochs", "2"],
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--dataset_config",
+            "3.0.0",
+            "--evaluation_strategy",
+            "steps",
+            "--eval_steps=7",
+            "--group_by_length",
+            "--push_to_hub_model_id",
+            "me/model",
+            "--tpu_num_cores",
+            "8",
+            "--per_device_train_batch_size=4",
+            "--num_train_epochs",
+            "2",
+        ],
     )
     assert data.dataset_config_name == "3.0.0"
     assert training.eval_strategy == "steps" and training.eval_steps == 7
@@ -158,9 +242,17 @@ def test_legacy_flags_map_to_todays_arguments(tmp_path):
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_a_config_file_as_the_only_argument(t5_model, corpus_files, tmp_path, isolated_hf_home, suffix):
     out = tmp_path / "from-config"
-    config = {"model_name_or_path": t5_model, "train_file": corpus_files["train"], "dataset_config": None,
-              "output_dir": str(out), "do_train": True, "max_steps": 2, "source_prefix": "summarize: ",
-              "max_source_length": 64, "report_to": "none"}
+    config = {
+        "model_name_or_path": t5_model,
+        "train_file": corpus_files["train"],
+        "dataset_config": None,
+        "output_dir": str(out),
+        "do_train": True,
+        "max_steps": 2,
+        "source_prefix": "summarize: ",
+        "max_source_length": 64,
+        "report_to": "none",
+    }
     path = tmp_path / f"run{suffix}"
     path.write_text(json.dumps(config) if suffix == ".json" else yaml.safe_dump(config))
     results = run_main([str(path)])
@@ -170,7 +262,7 @@ def test_a_config_file_as_the_only_argument(t5_model, corpus_files, tmp_path, is
 def test_t5_without_source_prefix_warns(t5_model, corpus_files, tmp_path, isolated_hf_home, caplog):
     args = [a for a in quick_args(t5_model, corpus_files, tmp_path / "o", "--do_train", "--max_steps", "1")]
     index = args.index("--source_prefix")
-    del args[index:index + 2]
+    del args[index : index + 2]
     with caplog.at_level("WARNING"):
         assert isinstance(run_main(args), dict)
     assert '--source_prefix "summarize: "' in caplog.text
@@ -180,14 +272,22 @@ def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):
     """SEED.md §2, as written, with the model in the HF cache and cnn_dailymail as a local folder."""
     hf_home = tmp_path / "hf"
     put_in_hf_cache(hf_home, "google-t5/t5-small", t5_model)
-    write_hub_layout(tmp_path, "cnn_dailymail", {"train": cnn_rows(12, 1), "validation": cnn_rows(5, 2), "test": cnn_rows(3, 3)})
-    command = ("--model_name_or_path google-t5/t5-small --do_train --do_eval --dataset_name cnn_dailymail "
-               '--dataset_config 3.0.0 --source_prefix summarize: --output_dir /tmp/tst-summarization '
-               "--per_device_train_batch_size=4 --per_device_eval_batch_size=4 --overwrite_output_dir "
-               "--predict_with_generate").split()
+    write_hub_layout(
+        tmp_path, "cnn_dailymail", {"train": cnn_rows(12, 1), "validation": cnn_rows(5, 2), "test": cnn_rows(3, 3)}
+    )
+    command = (
+        "--model_name_or_path google-t5/t5-small --do_train --do_eval --dataset_name cnn_dailymail "
+        "--dataset_config 3.0.0 --source_prefix summarize: --output_dir /tmp/tst-summarization "
+        "--per_device_train_batch_size=4 --per_device_eval_batch_size=4 --overwrite_output_dir "
+        "--predict_with_generate"
+    ).split()
     command[command.index("summarize:")] = "summarize: "
-    result = run_script(TRAINER_SCRIPT, command, cwd=str(tmp_path),
-                        env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    result = run_script(
+        TRAINER_SCRIPT,
+        command,
+        cwd=str(tmp_path),
+        env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = read_json("/tmp/tst-summarization/all_results.json")
     assert results["train_samples"] == 12 and results["eval_samples"] == 5
@@ -196,17 +296,47 @@ def test_the_seed_command_runs_verbatim_offline(t5_model, tmp_path):
 
 
 def test_known_data_set_folder_by_path_with_bart(bart_model, tmp_path, isolated_hf_home):
-    folder = write_hub_layout(tmp_path / "sets", "cnn_dailymail", {"train": cnn_rows(8, 4), "validation": cnn_rows(4, 5)})
-    results = run_main(["--model_name_or_path", bart_model, "--dataset_name", str(folder), "--dataset_config_name", "3.0.0",
-                        "--do_train", "--do_eval", "--max_steps", "2", "--output_dir", str(tmp_path / "o"),
-                        "--max_eval_samples", "3", "--report_to", "none"])
+    folder = write_hub_layout(
+        tmp_path / "sets", "cnn_dailymail", {"train": cnn_rows(8, 4), "validation": cnn_rows(4, 5)}
+    )
+    results = run_main(
+        [
+            "--model_name_or_path",
+            bart_model,
+            "--dataset_name",
+            str(folder),
+            "--dataset_config_name",
+            "3.0.0",
+            "--do_train",
+            "--do_eval",
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_eval_samples",
+            "3",
+            "--report_to",
+            "none",
+        ]
+    )
     assert isinstance(results, dict) and results["eval_samples"] == 3
 
 
 def test_unknown_dataset_config_is_a_clear_error(tmp_path, t5_model, capsys):
     folder = write_hub_layout(tmp_path / "sets", "cnn_dailymail", {"train": cnn_rows(4, 4)})
-    code = run_main(["--model_name_or_path", t5_model, "--dataset_name", str(folder), "--dataset_config", "9.9.9",
-                     "--do_train", "--output_dir", str(tmp_path / "o")])
+    code = run_main(
+        [
+            "--model_name_or_path",
+            t5_model,
+            "--dataset_name",
+            str(folder),
+            "--dataset_config",
+            "9.9.9",
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "9.9.9" in err and "3.0.0" in err
@@ -214,8 +344,11 @@ def test_unknown_dataset_config_is_a_clear_error(tmp_path, t5_model, capsys):
 
 def test_missing_model_in_offline_cache_is_a_clear_error(corpus_files, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
-    result = run_script(TRAINER_SCRIPT, quick_args("google-t5/t5-small", corpus_files, tmp_path / "o", "--do_train"),
-                        env={"HF_HOME": str(tmp_path / "empty-hf")})
+    result = run_script(
+        TRAINER_SCRIPT,
+        quick_args("google-t5/t5-small", corpus_files, tmp_path / "o", "--do_train"),
+        env={"HF_HOME": str(tmp_path / "empty-hf")},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "google-t5/t5-small" in result.stderr and "HF_HUB_OFFLINE" in result.stderr
     assert "Traceback" not in result.stderr
@@ -234,13 +367,26 @@ def test_torch_compile_trains_saves_plain_weights_and_resumes(t5_model, corpus_f
     model has the plain weight names and loads; its checkpoint resumes to the end."""
     from safetensors.torch import load_file
 
-    args = ["--do_train", "--max_steps", "4", "--save_steps", "2", "--report_to", "none",
-            "--torch_compile_backend", "aot_eager"]
+    args = [
+        "--do_train",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--torch_compile_backend",
+        "aot_eager",
+    ]
     out = tmp_path / "compiled"
     result = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, *args))
     assert result.returncode == 0, result.stderr[-4000:]
     assert set(load_file(out / "model.safetensors")) == set(load_file(os.path.join(t5_model, "model.safetensors")))
-    resumed = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, tmp_path / "resumed", *args,
-                                                    "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    resumed = run_script(
+        TRAINER_SCRIPT,
+        quick_args(
+            t5_model, corpus_files, tmp_path / "resumed", *args, "--resume_from_checkpoint", str(out / "checkpoint-2")
+        ),
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert read_json(tmp_path / "resumed" / "trainer_state.json")["global_step"] == 4

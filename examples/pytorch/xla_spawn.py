@@ -28,7 +28,9 @@ def parse_args(argv=None):
         description="Run a training script on several TPU cores with PyTorch/XLA (one process per core).",
     )
     parser.add_argument("--num_cores", type=int, default=1, help="Number of TPU cores (replicas) to use (default: 1).")
-    parser.add_argument("training_script", help="The training script to launch, e.g. summarization/run_summarization.py.")
+    parser.add_argument(
+        "training_script", help="The training script to launch, e.g. summarization/run_summarization.py."
+    )
     parser.add_argument("training_script_args", nargs=argparse.REMAINDER, help="The training script's own arguments.")
     return parser.parse_args(argv)
 

@@ -86,7 +86,9 @@ class DataArguments:
     )
     text_column: str | None = field(
         default=None,
-        metadata={"help": "Column with the full text to summarize (default: known per data set, else the first column)."},
+        metadata={
+            "help": "Column with the full text to summarize (default: known per data set, else the first column)."
+        },
     )
     summary_column: str | None = field(
         default=None,
@@ -115,30 +117,25 @@ class DataArguments:
     )
     val_max_target_length: int | None = field(
         default=None,
-        metadata={
-            "help": "Longest evaluation/prediction target and generation length "
-            "(default: --max_target_length)."
-        },
+        metadata={"help": "Longest evaluation/prediction target and generation length (default: --max_target_length)."},
     )
     pad_to_max_length: bool = field(
         default=False,
-        metadata={"help": "Pad every example to the maximum length instead of per batch (needed for static shapes on TPU)."},
+        metadata={
+            "help": "Pad every example to the maximum length instead of per batch (needed for static shapes on TPU)."
+        },
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training examples (for quick trials)."}
     )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N evaluation examples."}
-    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation examples."})
     max_predict_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N prediction (test) examples."}
     )
     num_beams: int | None = field(
         default=None, metadata={"help": "Beams for generation in evaluation and prediction (default: the model's)."}
     )
-    ignore_pad_token_for_loss: bool = field(
-        default=True, metadata={"help": "Ignore padded label tokens in the loss."}
-    )
+    ignore_pad_token_for_loss: bool = field(default=True, metadata={"help": "Ignore padded label tokens in the loss."})
     source_prefix: str | None = field(
         default=None, metadata={"help": 'Text put before every input, e.g. "summarize: " for T5 models.'}
     )
@@ -203,8 +200,10 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
     # A plain flag again (transformers 5 made it `bool | None`, which needs a value after it).
     hub_private_repo: bool = field(
         default=False,
-        metadata={"help": "With --push_to_hub: create the repository as private (default: the hub's default, public "
-                  "unless your organization says otherwise). No effect on a repository that already exists."},
+        metadata={
+            "help": "With --push_to_hub: create the repository as private (default: the hub's default, public "
+            "unless your organization says otherwise). No effect on a repository that already exists."
+        },
     )
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": f"Same as --eval_strategy {LEGACY_FLAG_HELP}."}
@@ -259,8 +258,16 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
 
 # The schedules of transformers.get_scheduler that need no extra arguments.
 SCHEDULER_TYPES = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-    "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
 )
 
 
@@ -294,20 +301,26 @@ class LoopArguments(OutputArguments):
     )
     bf16: bool = field(
         default=False,
-        metadata={"help": "Mixed precision with bfloat16 (CPUs, Ampere or newer GPUs). Without --fp16/--bf16, "
-                  "`accelerate launch --mixed_precision` decides."},
+        metadata={
+            "help": "Mixed precision with bfloat16 (CPUs, Ampere or newer GPUs). Without --fp16/--bf16, "
+            "`accelerate launch --mixed_precision` decides."
+        },
     )
     torch_compile: bool = field(
         default=False,
-        metadata={"help": "Compile the model's forward pass with torch.compile (pays off on GPUs for long runs; the "
-                  "first steps are slower while it compiles). The same flag as the Trainer script's."},
+        metadata={
+            "help": "Compile the model's forward pass with torch.compile (pays off on GPUs for long runs; the "
+            "first steps are slower while it compiles). The same flag as the Trainer script's."
+        },
     )
     torch_compile_backend: str | None = field(
         default=None, metadata={"help": 'torch.compile backend (implies --torch_compile; default "inductor").'}
     )
     torch_compile_mode: str | None = field(
         default=None,
-        metadata={"help": 'torch.compile mode (implies --torch_compile): "default", "reduce-overhead", "max-autotune".'},
+        metadata={
+            "help": 'torch.compile mode (implies --torch_compile): "default", "reduce-overhead", "max-autotune".'
+        },
     )
     train_sampling_strategy: str = field(
         default="group_by_length",
@@ -319,11 +332,15 @@ class LoopArguments(OutputArguments):
     )
     seed: int = field(
         default=42,
-        metadata={"help": "Seed for initialisation, dropout and the order of the training data (resume needs the same)."},
+        metadata={
+            "help": "Seed for initialisation, dropout and the order of the training data (resume needs the same)."
+        },
     )
     checkpointing_steps: str | None = field(
         default=None,
-        metadata={"help": 'Save a resumable checkpoint every N optimizer steps (a number), or after every epoch ("epoch").'},
+        metadata={
+            "help": 'Save a resumable checkpoint every N optimizer steps (a number), or after every epoch ("epoch").'
+        },
     )
     save_total_limit: int | None = field(
         default=None, metadata={"help": "Keep at most this many checkpoints (the oldest are deleted)."}
@@ -338,7 +355,10 @@ class LoopArguments(OutputArguments):
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimizer steps."})
     do_predict: bool = field(
         default=False,
-        metadata={"help": "After training, generate summaries for the test split (--test_file) into generated_predictions.txt."},
+        metadata={
+            "help": "After training, generate summaries for the test split (--test_file) "
+            "into generated_predictions.txt."
+        },
     )
     with_tracking: bool = field(
         default=False, metadata={"help": "Log losses and metrics to experiment trackers (see --report_to)."}
@@ -352,21 +372,32 @@ class LoopArguments(OutputArguments):
     )
     push_to_hub: bool = field(
         default=False,
-        metadata={"help": "Upload to the Hugging Face hub: each checkpoint (into last-checkpoint/) and the final model "
-                  "with its card. The hub and the token are checked before training."},
+        metadata={
+            "help": "Upload to the Hugging Face hub: each checkpoint (into last-checkpoint/) and the final model "
+            "with its card. The hub and the token are checked before training."
+        },
     )
     hub_model_id: str | None = field(
         default=None, metadata={"help": "Hub repository for --push_to_hub (default: named after --output_dir)."}
     )
     hub_token: str | None = field(
-        default=None, metadata={"help": "Token for --push_to_hub (default: HF_TOKEN, then the stored `hf auth login`). Never written to any file."}
+        default=None,
+        metadata={
+            "help": "Token for --push_to_hub (default: HF_TOKEN, then the stored `hf auth login`). "
+            "Never written to any file."
+        },
     )
 
     def __post_init__(self):
         self.check_output_dir()
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "num_train_epochs", "logging_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.max_train_steps is not None and self.max_train_steps < 1:

@@ -77,8 +77,11 @@ def render_model_card(output_dir: str, info: dict) -> str:
     title = repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.normpath(output_dir))
     metrics = final_metrics(info.get("metrics") or {})
     rows = [f"| {key} | {_metric(value)} |" for key, value in sorted(metrics.items())] or ["| (none) | |"]
-    hyper = [f"- {key}: {_setting(value)}" for key, value in sorted((info.get("hyperparameters") or {}).items())
-             if value is not None]
+    hyper = [
+        f"- {key}: {_setting(value)}"
+        for key, value in sorted((info.get("hyperparameters") or {}).items())
+        if value is not None
+    ]
     prefix = info.get("source_prefix")
     model_ref = repo_id or f"path/to/{title}"
     sections = [
@@ -99,7 +102,8 @@ def render_model_card(output_dir: str, info: dict) -> str:
         f'print(summarizer({call})[0]["summary_text"])\n```\n\n'
         f"Or with seqtune, which applies the prefix itself: `seqtune summarize --model {model_ref} article.txt`.\n",
         "## Training hyper-parameters\n\n" + ("\n".join(hyper) or "- (defaults)") + "\n",
-        f"## How it was trained\n\nseqtune {__version__}, command line:\n\n```\n{shlex.join(info.get('command') or [])}\n```\n",
+        f"## How it was trained\n\nseqtune {__version__}, command line:\n\n"
+        f"```\n{shlex.join(info.get('command') or [])}\n```\n",
     ]
     return "\n".join(sections)
 

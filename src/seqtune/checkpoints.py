@@ -166,7 +166,9 @@ def newest_checkpoint(output_dir: str) -> str | None:
 def _remove_tree(folder: str) -> None:
     """Rename away first (atomic), then delete: a kill mid-delete leaves no half checkpoint."""
     parent = os.path.dirname(os.path.normpath(folder))
-    trash = os.path.join(parent, f"{TRASH_PREFIX}{os.path.basename(os.path.normpath(folder))}-{os.getpid()}-{time.time_ns()}")
+    trash = os.path.join(
+        parent, f"{TRASH_PREFIX}{os.path.basename(os.path.normpath(folder))}-{os.getpid()}-{time.time_ns()}"
+    )
     os.rename(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -178,7 +180,9 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None, keep: str 
     checkpoints = list_checkpoints(output_dir, warn=False)
     keep_path = os.path.normpath(keep) if keep else None
     # With a best checkpoint to keep and a limit of 1, keep the newest too (as the Trainer does).
-    limit = max(save_total_limit, 2) if keep_path and keep_path in map(os.path.normpath, checkpoints) else save_total_limit
+    limit = (
+        max(save_total_limit, 2) if keep_path and keep_path in map(os.path.normpath, checkpoints) else save_total_limit
+    )
     removable = [c for c in checkpoints if os.path.normpath(c) != keep_path]
     excess = len(checkpoints) - limit
     removed = []
@@ -219,8 +223,7 @@ def clean_leftovers(output_dir: str) -> None:
 # --------------------------------------------------------------------------- each recipe's checkpoints
 
 
-def save_accelerate_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: int | None,
-                               hub=None) -> str:
+def save_accelerate_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: int | None, hub=None) -> str:
     """The Accelerate recipe's checkpoint: `save_state` into the staging folder, then one rename makes
     checkpoint-`step` visible (and, with --push_to_hub, it goes to the hub: a failed upload is
     logged, training goes on); the oldest beyond --save_total_limit are deleted."""

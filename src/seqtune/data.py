@@ -92,10 +92,14 @@ def _validate_csv(path: str) -> list[str]:
             raise UserError(f"{path} is empty: it needs a header line naming the columns, then one row per example.")
         blank = [i + 1 for i, name in enumerate(header) if not name.strip()]
         if blank:
-            raise UserError(f"{path}, line 1, column {blank[0]}: the header has an empty column name. Fix: name every column.")
+            raise UserError(
+                f"{path}, line 1, column {blank[0]}: the header has an empty column name. Fix: name every column."
+            )
         duplicates = sorted({name for name in header if header.count(name) > 1})
         if duplicates:
-            raise UserError(f"{path}, line 1: the header names column {duplicates[0]!r} twice. Fix: give each column its own name.")
+            raise UserError(
+                f"{path}, line 1: the header names column {duplicates[0]!r} twice. Fix: give each column its own name."
+            )
         rows = 0
         for row in reader:
             if not row:  # a blank line
@@ -118,7 +122,14 @@ def _validate_csv(path: str) -> list[str]:
     return header
 
 
-_JSON_TYPE_NAMES = {str: "text", bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+_JSON_TYPE_NAMES = {
+    str: "text",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
 
 
 class _ColumnTypes:
@@ -132,7 +143,7 @@ class _ColumnTypes:
     def add(self, record, line: int, where: str):
         if not isinstance(record, dict):
             raise UserError(
-                f"{self.path}, {where}: expected an object like {{\"text\": ..., \"summary\": ...}}, "
+                f'{self.path}, {where}: expected an object like {{"text": ..., "summary": ...}}, '
                 f"found {_JSON_TYPE_NAMES.get(type(record), type(record).__name__)}. Fix: one JSON object per example."
             )
         for key, value in record.items():
@@ -154,7 +165,7 @@ def _too_deep(path: str, where: str) -> UserError:
     """Python's JSON parser gives up on thousands of nested brackets (RecursionError)."""
     return UserError(
         f"{path}, {where}: the JSON is nested too deeply to read. Fix: write one flat object per example, "
-        f"e.g. {{\"text\": ..., \"summary\": ...}}."
+        f'e.g. {{"text": ..., "summary": ...}}.'
     )
 
 
@@ -176,7 +187,7 @@ def _validate_json_lines(path: str) -> list[str]:
         types.add(record, number, f"line {number}")
         rows += 1
     if rows == 0:
-        raise UserError(f"{path} is empty: write one JSON object per line, e.g. {{\"text\": ..., \"summary\": ...}}.")
+        raise UserError(f'{path} is empty: write one JSON object per line, e.g. {{"text": ..., "summary": ...}}.')
     return types.order
 
 
@@ -216,7 +227,7 @@ def _try_parse_whole(path: str, strict: bool = False):
 
 def _validate_records(path: str, records) -> list[str]:
     if not isinstance(records, list):
-        raise UserError(f"{path}: expected a list of objects. Fix: write [{{\"text\": ..., \"summary\": ...}}, ...].")
+        raise UserError(f'{path}: expected a list of objects. Fix: write [{{"text": ..., "summary": ...}}, ...].')
     types = _ColumnTypes(path)
     for index, record in enumerate(records):
         types.add(record, index + 1, f"record {index + 1}")
@@ -232,7 +243,10 @@ def _validate_parquet(path: str) -> list[str]:
         metadata = pq.read_metadata(path)
         schema = pq.read_schema(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path} is not a readable Parquet file ({error}). Fix: write it again, e.g. with pandas.DataFrame.to_parquet.") from None
+        raise UserError(
+            f"{path} is not a readable Parquet file ({error}). "
+            f"Fix: write it again, e.g. with pandas.DataFrame.to_parquet."
+        ) from None
     if metadata.num_rows == 0:
         raise UserError(f"{path} has no rows: add at least one example.")
     return list(schema.names)
@@ -243,7 +257,10 @@ def validate_data_file(path: str, flag: str) -> tuple[str, list[str], dict]:
     if not os.path.exists(path):
         raise UserError(f"--{flag} {path}: no such file. Fix: check the path (relative paths start at {os.getcwd()}).")
     if os.path.isdir(path):
-        raise UserError(f"--{flag} {path} is a folder. Fix: pass a .csv, .json, .jsonl or .parquet file, or use --dataset_name for a data set folder.")
+        raise UserError(
+            f"--{flag} {path} is a folder. Fix: pass a .csv, .json, .jsonl or .parquet file, "
+            f"or use --dataset_name for a data set folder."
+        )
     extension = os.path.splitext(path)[1].lower()
     builder = FILE_BUILDERS.get(extension)
     if builder is None:
@@ -269,7 +286,7 @@ def validate_data_file(path: str, flag: str) -> tuple[str, list[str], dict]:
     if not columns:  # e.g. [{}, {}]: datasets would fail with "corresponds to no data"
         raise UserError(
             f"{path}: no column holds a value in any row. Fix: give every example its fields, "
-            f"e.g. {{\"text\": ..., \"summary\": ...}}."
+            f'e.g. {{"text": ..., "summary": ...}}.'
         )
     return builder, columns, kwargs
 
@@ -313,7 +330,9 @@ def resolve_columns(column_names: list[str], data_args: DataArguments, where: st
 # --------------------------------------------------------------------------- loading
 
 
-def _load_from_files(data_args: DataArguments, model_args: ModelArguments, wanted: list[str]) -> tuple[DatasetDict, dict]:
+def _load_from_files(
+    data_args: DataArguments, model_args: ModelArguments, wanted: list[str]
+) -> tuple[DatasetDict, dict]:
     splits = {}
     columns_by_split = {}
     for split in wanted:
@@ -330,7 +349,9 @@ def load_data_file(path: str, flag: str, split: str = "train", cache_dir: str | 
     """Validate one .csv/.json/.jsonl/.parquet file (see `validate_data_file`) and load it as a Dataset."""
     builder, columns, kwargs = validate_data_file(path, flag)
     try:
-        loaded = datasets.load_dataset(builder, data_files={split: os.path.abspath(path)}, cache_dir=cache_dir, **kwargs)
+        loaded = datasets.load_dataset(
+            builder, data_files={split: os.path.abspath(path)}, cache_dir=cache_dir, **kwargs
+        )
     except Exception as error:  # the file passed our checks; report what datasets says about it
         cause = error.__cause__ or error.__context__  # "An error occurred while generating the dataset" hides it
         detail = f"{error} ({type(cause).__name__}: {cause})" if cause is not None else str(error)
@@ -388,7 +409,9 @@ def load_raw_data(
     if data_args.dataset_name is not None:
         loaded = _load_named_dataset(data_args, model_args)
         where = {split: f"data set {data_args.dataset_name!r} split {split!r}" for split in loaded}
-        source = data_args.dataset_name + (f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else "")
+        source = data_args.dataset_name + (
+            f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
+        )
     else:
         loaded, paths = _load_from_files(data_args, model_args, wanted)
         where = paths
@@ -421,7 +444,9 @@ def load_raw_data(
 
     splits = DatasetDict(
         {
-            split: _drop_empty_rows(dataset, text_column, summary_column, where[split], getattr(data_args, SPLIT_CAP_FLAGS[split]))
+            split: _drop_empty_rows(
+                dataset, text_column, summary_column, where[split], getattr(data_args, SPLIT_CAP_FLAGS[split])
+            )
             for split, dataset in splits.items()
         }
     )
@@ -474,7 +499,9 @@ def tokenize_split(
     def preprocess(batch):
         inputs = [prefix + text for text in batch[text_column]]
         model_inputs = tokenizer(inputs, max_length=max_source_length, padding=padding, truncation=True)
-        labels = tokenizer(text_target=batch[summary_column], max_length=max_target_length, padding=padding, truncation=True)
+        labels = tokenizer(
+            text_target=batch[summary_column], max_length=max_target_length, padding=padding, truncation=True
+        )
         label_ids = labels["input_ids"]
         if mask_padding:
             label_ids = [[(t if t != tokenizer.pad_token_id else -100) for t in ids] for ids in label_ids]
@@ -505,7 +532,9 @@ def tokenization_workers(requested: int | None, rows: int) -> int | None:
     return min(os.cpu_count() or 1, 8) if (os.cpu_count() or 1) > 1 else None
 
 
-def tokenize_splits(raw: RawData, tokenizer, data_args: DataArguments, main_process_first=contextlib.nullcontext) -> DatasetDict:
+def tokenize_splits(
+    raw: RawData, tokenizer, data_args: DataArguments, main_process_first=contextlib.nullcontext
+) -> DatasetDict:
     """Tokenize every split of `raw`: training targets up to max_target_length, others up to val_max_target_length."""
     tokenized = {}
     for split, dataset in raw.splits.items():

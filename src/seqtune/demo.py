@@ -15,21 +15,89 @@ import json
 import os
 import random
 
-CITIES = ["paris", "berlin", "madrid", "lisbon", "vienna", "prague", "oslo", "dublin", "athens", "rome",
-          "warsaw", "zurich", "brussels", "helsinki", "budapest", "geneva"]
-GROUPS = ["council", "ministry", "union", "university", "company", "hospital", "museum", "orchestra",
-          "police", "airport", "library", "bank"]
+CITIES = [
+    "paris",
+    "berlin",
+    "madrid",
+    "lisbon",
+    "vienna",
+    "prague",
+    "oslo",
+    "dublin",
+    "athens",
+    "rome",
+    "warsaw",
+    "zurich",
+    "brussels",
+    "helsinki",
+    "budapest",
+    "geneva",
+]
+GROUPS = [
+    "council",
+    "ministry",
+    "union",
+    "university",
+    "company",
+    "hospital",
+    "museum",
+    "orchestra",
+    "police",
+    "airport",
+    "library",
+    "bank",
+]
 ACTIONS = ["open", "close", "build", "sell", "repair", "expand", "move", "rename", "fund", "inspect"]
-OBJECTS = ["bridge", "station", "school", "park", "tower", "market", "stadium", "harbour", "theatre",
-           "factory", "garden", "tunnel"]
+OBJECTS = [
+    "bridge",
+    "station",
+    "school",
+    "park",
+    "tower",
+    "market",
+    "stadium",
+    "harbour",
+    "theatre",
+    "factory",
+    "garden",
+    "tunnel",
+]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
-FILLER_SUBJECTS = ["local residents", "critics", "supporters", "engineers", "visitors", "reporters", "students",
-                   "shop owners", "neighbours", "officials"]
+FILLER_SUBJECTS = [
+    "local residents",
+    "critics",
+    "supporters",
+    "engineers",
+    "visitors",
+    "reporters",
+    "students",
+    "shop owners",
+    "neighbours",
+    "officials",
+]
 FILLER_VERBS = ["welcomed", "questioned", "discussed", "praised", "criticised", "studied", "described", "debated"]
-FILLER_OBJECTS = ["the cost", "the timetable", "the design", "the noise", "the traffic", "the budget",
-                  "the weather", "the delay", "the plan", "the vote"]
-FILLER_TAILS = ["on the radio", "at a meeting", "in a letter", "on social media", "during the week",
-                "in the evening", "near the square", "after lunch"]
+FILLER_OBJECTS = [
+    "the cost",
+    "the timetable",
+    "the design",
+    "the noise",
+    "the traffic",
+    "the budget",
+    "the weather",
+    "the delay",
+    "the plan",
+    "the vote",
+]
+FILLER_TAILS = [
+    "on the radio",
+    "at a meeting",
+    "in a letter",
+    "on social media",
+    "during the week",
+    "in the evening",
+    "near the square",
+    "after lunch",
+]
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]  # ids 0..3: T5's pad/eos/unk, plus a bos for BART
 
@@ -38,16 +106,26 @@ def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6)
     """One news-like example. With `mentions`, about half of the filler sentences mention the
     story's subject again (as news articles do), so a long document says what it is about in
     more than one place."""
-    city, group, action, thing, day = (rng.choice(CITIES), rng.choice(GROUPS), rng.choice(ACTIONS),
-                                       rng.choice(OBJECTS), rng.choice(DAYS))
+    city, group, action, thing, day = (
+        rng.choice(CITIES),
+        rng.choice(GROUPS),
+        rng.choice(ACTIONS),
+        rng.choice(OBJECTS),
+        rng.choice(DAYS),
+    )
     cost = rng.randint(2, 99)
     lead = f"on {day} the {group} of {city} said it will {action} the old {thing} ."
 
     def filler() -> str:
         subject, verb = rng.choice(FILLER_SUBJECTS), rng.choice(FILLER_VERBS)
         if mentions and rng.random() < 0.5:
-            topic = rng.choice([f"the plan of the {city} {group}", f"the plan to {action} the {thing}",
-                                f"the {cost} million for the {thing}"])
+            topic = rng.choice(
+                [
+                    f"the plan of the {city} {group}",
+                    f"the plan to {action} the {thing}",
+                    f"the {cost} million for the {thing}",
+                ]
+            )
             return f"{subject} {verb} {topic} {rng.choice(FILLER_TAILS)} ."
         return f"{subject} {verb} {rng.choice(FILLER_OBJECTS)} {rng.choice(FILLER_TAILS)} ."
 
@@ -60,7 +138,9 @@ def synthetic_example(rng: random.Random, filler_range: tuple[int, int] = (1, 6)
     return {"document": document, "summary": summary}
 
 
-def synthetic_corpus(size: int, seed: int = 0, filler_range: tuple[int, int] = (1, 6), mentions: bool = False) -> list[dict]:
+def synthetic_corpus(
+    size: int, seed: int = 0, filler_range: tuple[int, int] = (1, 6), mentions: bool = False
+) -> list[dict]:
     """`size` examples; each document has between filler_range[0] and filler_range[1] filler
     sentences (about 9 tokens each), so filler_range=(10, 165) gives news-like lengths of ~100 to ~1,500 tokens."""
     rng = random.Random(seed)
@@ -90,12 +170,18 @@ def build_tokenizer(extra_words: list[str] | None = None):
     model = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     model.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    model.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    model.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     from tokenizers import decoders
 
     model.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     return PreTrainedTokenizerFast(
-        tokenizer_object=model, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>",
+        tokenizer_object=model,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
         model_max_length=4096,
     )
 
@@ -120,17 +206,39 @@ def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "ti
     vocab_size = max(len(tokenizer), shape["vocab"] or 0)  # rows past the tokenizer's are never produced by it
     if kind == "t5":
         config = T5Config(
-            vocab_size=vocab_size, d_model=width, d_kv=width // heads, d_ff=shape["ffn"], num_layers=layers,
-            num_decoder_layers=layers, num_heads=heads, relative_attention_num_buckets=shape["buckets"], dropout_rate=0.0,
-            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=True,
+            vocab_size=vocab_size,
+            d_model=width,
+            d_kv=width // heads,
+            d_ff=shape["ffn"],
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=heads,
+            relative_attention_num_buckets=shape["buckets"],
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+            tie_word_embeddings=True,
         )
         model = T5ForConditionalGeneration(config)
     elif kind == "bart":
         config = BartConfig(
-            vocab_size=vocab_size, d_model=width, encoder_layers=layers, decoder_layers=layers,
-            encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=shape["ffn"],
-            decoder_ffn_dim=shape["ffn"], max_position_embeddings=1024, dropout=0.0, attention_dropout=0.0,
-            pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=1, forced_eos_token_id=1,
+            vocab_size=vocab_size,
+            d_model=width,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=heads,
+            decoder_attention_heads=heads,
+            encoder_ffn_dim=shape["ffn"],
+            decoder_ffn_dim=shape["ffn"],
+            max_position_embeddings=1024,
+            dropout=0.0,
+            attention_dropout=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=3,
+            decoder_start_token_id=1,
+            forced_eos_token_id=1,
         )
         model = BartForConditionalGeneration(config)
     else:
@@ -173,34 +281,54 @@ def make_corpus_files(folder: str, train: int = 2000, validation: int = 100, tes
 
 def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> list[str]:
     args = [
-        "--model_name_or_path", model,
-        "--validation_file", files["validation"],
-        "--source_prefix", "summarize: ",
-        "--output_dir", output_dir,
+        "--model_name_or_path",
+        model,
+        "--validation_file",
+        files["validation"],
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        output_dir,
         "--overwrite_output_dir",
         "--do_eval",
         "--predict_with_generate",
-        "--per_device_eval_batch_size", "50",
-        "--max_source_length", "128",
-        "--max_target_length", "32",
-        "--report_to", "none",
-        "--seed", "0",
+        "--per_device_eval_batch_size",
+        "50",
+        "--max_source_length",
+        "128",
+        "--max_target_length",
+        "32",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
     ]
     if train:
         args += [
-            "--train_file", files["train"],
-            "--test_file", files["test"],
+            "--train_file",
+            files["train"],
+            "--test_file",
+            files["test"],
             "--do_train",
             "--do_predict",
-            "--per_device_train_batch_size", "32",
-            "--learning_rate", "3e-3",
-            "--num_train_epochs", "5",
-            "--warmup_steps", "30",
-            "--lr_scheduler_type", "linear",
-            "--logging_steps", "25",
-            "--eval_strategy", "epoch",
-            "--save_strategy", "epoch",
-            "--save_total_limit", "2",
+            "--per_device_train_batch_size",
+            "32",
+            "--learning_rate",
+            "3e-3",
+            "--num_train_epochs",
+            "5",
+            "--warmup_steps",
+            "30",
+            "--lr_scheduler_type",
+            "linear",
+            "--logging_steps",
+            "25",
+            "--eval_strategy",
+            "epoch",
+            "--save_strategy",
+            "epoch",
+            "--save_total_limit",
+            "2",
         ]
     return args
 
@@ -213,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
     from .recipes.trainer import main as train_main
 
     parser = argparse.ArgumentParser(prog="seqtune demo", description="Run the embedded default end to end.")
-    parser.add_argument("--output_dir", default="outputs/demo", help="Where everything is written (replaced on each run).")
+    parser.add_argument(
+        "--output_dir", default="outputs/demo", help="Where everything is written (replaced on each run)."
+    )
     parser.add_argument("--train_examples", type=int, default=2000, help="Size of the synthetic training set.")
     args = parser.parse_args(argv)
 

@@ -148,6 +148,10 @@ class GenerationTotals:
         metrics["loss"] = round(mean_token_loss(self.losses), 4)
         runtime = time.time() - self.started
         count = self.scorer.count
-        metrics.update(runtime=round(runtime, 4), samples_per_second=round(count / max(runtime, 1e-9), 3),
-                       steps_per_second=round(self.batches / max(runtime, 1e-9), 3), samples=count)
+        metrics.update(
+            runtime=round(runtime, 4),
+            samples_per_second=round(count / max(runtime, 1e-9), 3),
+            steps_per_second=round(self.batches / max(runtime, 1e-9), 3),
+            samples=count,
+        )
         return {f"{prefix}_{key}": value for key, value in metrics.items()}

@@ -47,7 +47,14 @@ FINAL_PUSH_WAIT_S = 1.0  # doubled after each failed attempt
 
 # Files of a checkpoint that hold training state rather than the model (Trainer and Accelerate names).
 _TRAINING_STATE_PREFIXES = (
-    "optimizer", "scheduler", "rng_state", "random_states", "scaler", "sampler", "custom_checkpoint", "dl_state",
+    "optimizer",
+    "scheduler",
+    "rng_state",
+    "random_states",
+    "scaler",
+    "sampler",
+    "custom_checkpoint",
+    "dl_state",
 )
 _TRAINING_STATE_NAMES = ("trainer_state.json", MANIFEST_NAME)
 
@@ -248,9 +255,16 @@ def _final_operations(output_dir: str, failed_checkpoints: list[tuple[str, str |
 class HubPusher:
     """Uploads a run's model to one hub repository (see the module docstring)."""
 
-    def __init__(self, output_dir: str, model_id: str | None = None, token: str | None = None,
-                 token_source: str | None = None, private: bool | None = None, strategy: str = "every_save",
-                 revision: str | None = None):
+    def __init__(
+        self,
+        output_dir: str,
+        model_id: str | None = None,
+        token: str | None = None,
+        token_source: str | None = None,
+        private: bool | None = None,
+        strategy: str = "every_save",
+        revision: str | None = None,
+    ):
         strategy = getattr(strategy, "value", strategy)
         if strategy not in STRATEGIES:
             raise UserError(f"--hub_strategy {strategy!r} is not one of {', '.join(STRATEGIES)}.")
@@ -266,8 +280,10 @@ class HubPusher:
         self._api = None
 
     def __repr__(self) -> str:  # never the token
-        return (f"HubPusher(repo_id={self.repo_id or self.model_id!r}, strategy={self.strategy!r}, "
-                f"private={self.private!r})")
+        return (
+            f"HubPusher(repo_id={self.repo_id or self.model_id!r}, strategy={self.strategy!r}, "
+            f"private={self.private!r})"
+        )
 
     @classmethod
     def from_arguments(cls, loop_args, model_args=None) -> HubPusher | None:
@@ -328,16 +344,26 @@ class HubPusher:
         _require_valid_repo_id(self.repo_id, origin)
         _create_repo(api, self.repo_id, self.private, who.get("name"))
         visibility = {True: "private", False: "public"}.get(self.private, "default visibility")
-        logger.info("--push_to_hub: %s/%s (%s, strategy %s), token from %s.", self.endpoint, self.repo_id, visibility,
-                    self.strategy, self.token_source)
+        logger.info(
+            "--push_to_hub: %s/%s (%s, strategy %s), token from %s.",
+            self.endpoint,
+            self.repo_id,
+            visibility,
+            self.strategy,
+            self.token_source,
+        )
         return self.repo_id
 
     def _commit(self, operations: list, message: str):
-        info = self._client().create_commit(
-            self.repo_id, operations, commit_message=message, revision=self.revision
+        info = self._client().create_commit(self.repo_id, operations, commit_message=message, revision=self.revision)
+        logger.info(
+            "Pushed %d files to %s/%s: %r (commit %s).",
+            len(operations),
+            self.endpoint,
+            self.repo_id,
+            message,
+            (getattr(info, "oid", None) or "")[:10],
         )
-        logger.info("Pushed %d files to %s/%s: %r (commit %s).", len(operations), self.endpoint, self.repo_id,
-                    message, (getattr(info, "oid", None) or "")[:10])
         return info
 
     def push_checkpoint(self, folder: str, step: int) -> bool:
@@ -353,7 +379,10 @@ class HubPusher:
             self.failed_checkpoints.append((folder, place))
             logger.warning(
                 "Push of step %d to %s failed (%s: %s). Training goes on; the final push will upload what is missing.",
-                step, self.repo_id, type(error).__name__, _first_line(error),
+                step,
+                self.repo_id,
+                type(error).__name__,
+                _first_line(error),
             )
             return False
         if place == LAST_CHECKPOINT:  # last-checkpoint/ is up to date again
@@ -376,8 +405,14 @@ class HubPusher:
                 return
             except (httpx2.HTTPError, OSError) as caught:
                 error = caught
-                logger.warning("Final push to %s failed (attempt %d of %d: %s: %s).", self.repo_id, attempt,
-                               FINAL_PUSH_ATTEMPTS, type(caught).__name__, _first_line(caught))
+                logger.warning(
+                    "Final push to %s failed (attempt %d of %d: %s: %s).",
+                    self.repo_id,
+                    attempt,
+                    FINAL_PUSH_ATTEMPTS,
+                    type(caught).__name__,
+                    _first_line(caught),
+                )
                 if attempt < FINAL_PUSH_ATTEMPTS:
                     time.sleep(wait)
                     wait *= 2

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 def token_summed_loss(logits: torch.Tensor, labels: torch.Tensor, per_example: bool = False) -> torch.Tensor:
     """Cross-entropy summed over the target tokens, in fp32: one number, or one per example."""
-    losses = F.cross_entropy(logits.float().transpose(1, 2), labels.to(logits.device), ignore_index=-100, reduction="none")
+    losses = F.cross_entropy(
+        logits.float().transpose(1, 2), labels.to(logits.device), ignore_index=-100, reduction="none"
+    )
     return losses.sum(dim=-1) if per_example else losses.sum()
 
 

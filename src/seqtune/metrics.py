@@ -97,6 +97,10 @@ def generation_length(token_ids, pad_token_id: int) -> float:
 def summary_metrics(generated_ids, label_ids, tokenizer) -> dict[str, float]:
     """ROUGE and mean generation length of generated ids against label ids."""
     scorer = SummaryScorer()
-    scorer.add(decode_token_ids(generated_ids, tokenizer), decode_token_ids(label_ids, tokenizer), generated_ids,
-               tokenizer.pad_token_id)
+    scorer.add(
+        decode_token_ids(generated_ids, tokenizer),
+        decode_token_ids(label_ids, tokenizer),
+        generated_ids,
+        tokenizer.pad_token_id,
+    )
     return scorer.result()

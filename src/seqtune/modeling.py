@@ -26,8 +26,10 @@ def _explain_load_error(kind: str, name: str, error: Exception) -> UserError:
         else "check the name (e.g. google-t5/t5-small) or the folder, your network, and --token for private models"
     )
     if "trust_remote_code" in str(error):
-        hint = ("the model is defined by code in its repository; read that code, and pass --trust_remote_code "
-                "only if you trust it (it runs on your machine)")
+        hint = (
+            "the model is defined by code in its repository; read that code, and pass --trust_remote_code "
+            "only if you trust it (it runs on your machine)"
+        )
     return UserError(f"could not load the {kind} from {name!r}: {error}. Fix: {hint}.")
 
 
@@ -65,7 +67,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArgument
     check_position_embeddings(model, model_args, data_args)
     if is_prefix_model(model.config, name) and data_args.source_prefix is None:
         logger.warning(
-            "%s is a T5-style model but no --source_prefix was given: pass --source_prefix \"summarize: \" "
+            '%s is a T5-style model but no --source_prefix was given: pass --source_prefix "summarize: " '
             "as the model was pre-trained with it.",
             name,
         )
@@ -82,7 +84,11 @@ def load_seq2seq(model_args: ModelArguments):
             "no model given. Fix: pass --model_name_or_path (e.g. google-t5/t5-small or a local folder), "
             "or run `seqtune demo` for the built-in tiny model."
         )
-    for flag, value in (("model_name_or_path", name), ("config_name", model_args.config_name), ("tokenizer_name", model_args.tokenizer_name)):
+    for flag, value in (
+        ("model_name_or_path", name),
+        ("config_name", model_args.config_name),
+        ("tokenizer_name", model_args.tokenizer_name),
+    ):
         if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
             raise UserError(f"--{flag} {value}: no such folder. Fix: check the path, or pass a hub model id.")
 

@@ -185,7 +185,9 @@ def _check_writable(output_dir: str) -> None:
     if not os.path.isdir(existing):
         raise UserError(f"cannot create --output_dir {output_dir}: {existing} is a file. Fix: choose another path.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to --output_dir {output_dir}: {existing} is not writable. Fix: choose a writable folder.")
+        raise UserError(
+            f"cannot write to --output_dir {output_dir}: {existing} is not writable. Fix: choose a writable folder."
+        )
 
 
 def remove_own_files(output_dir: str) -> None:
@@ -232,7 +234,14 @@ def mark_run_started(output_dir: str, argv: list[str], arguments: list) -> None:
         return
     os.makedirs(output_dir, exist_ok=True)
     marker = _read_run_marker(output_dir) or {}
-    marker.update({"status": "running", "seqtune_version": __version__, "started_at": time.time(), "command": redacted_command(argv)})
+    marker.update(
+        {
+            "status": "running",
+            "seqtune_version": __version__,
+            "started_at": time.time(),
+            "command": redacted_command(argv),
+        }
+    )
     atomic_write_json(os.path.join(output_dir, RUN_MARKER), marker)
     atomic_write_json(os.path.join(output_dir, ARGS_FILE), arguments_as_dict(arguments))
 

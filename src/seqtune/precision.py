@@ -73,11 +73,14 @@ def non_finite_loss_message(
     learning_rate: float | None,
     last_checkpoint: str | None,
 ) -> str:
-    what = f"the training loss is {value}" if value is not None and not math.isfinite(value) else (
-        "the training loss is not finite (NaN or inf) on another process"
+    what = (
+        f"the training loss is {value}"
+        if value is not None and not math.isfinite(value)
+        else ("the training loss is not finite (NaN or inf) on another process")
     )
     kept = (
-        f"The last good checkpoint, {last_checkpoint}, is kept: run the same command again with the fix to resume from it."
+        f"The last good checkpoint, {last_checkpoint}, is kept: "
+        "run the same command again with the fix to resume from it."
         if last_checkpoint
         else "No checkpoint was written before it."
     )

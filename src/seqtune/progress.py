@@ -91,8 +91,16 @@ def plural(unit: str) -> str:
 class Progress:
     """The progress of one phase: `update(n)`, `set_postfix(**values)`, `write(text)`, `close()`."""
 
-    def __init__(self, total: int | None, description: str, unit: str = "it", initial: int = 0,
-                 mode: str | None = None, leave: bool = True, timed_from_first_update: bool = False):
+    def __init__(
+        self,
+        total: int | None,
+        description: str,
+        unit: str = "it",
+        initial: int = 0,
+        mode: str | None = None,
+        leave: bool = True,
+        timed_from_first_update: bool = False,
+    ):
         """`timed_from_first_update`: the phase began before this object (its first update reports
         work done before it existed), so the rate is measured from the first update on."""
         self.total = total
@@ -114,10 +122,17 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=description, unit=f" {unit}", dynamic_ncols=True,
-                             leave=leave, file=sys.stderr)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=description,
+                unit=f" {unit}",
+                dynamic_ncols=True,
+                leave=leave,
+                file=sys.stderr,
+            )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -245,8 +260,9 @@ class TrainerProgressCallback(TrainerCallback):
         if self.prediction is None:
             total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
             # Called after each batch: the first update already includes the first batch's time.
-            self.prediction = Progress(total, self.label, unit="batch", leave=self.training is None,
-                                       timed_from_first_update=True)
+            self.prediction = Progress(
+                total, self.label, unit="batch", leave=self.training is None, timed_from_first_update=True
+            )
         self.prediction.update(1)
 
     def _end_prediction(self):

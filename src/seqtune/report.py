@@ -43,10 +43,26 @@ REPORT_EXAMPLES = 5
 EXAMPLE_TEXT_LIMIT = 5000  # characters kept per source/reference text
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 KEY_SETTINGS = (
-    "model_name_or_path", "dataset_name", "dataset_config_name", "train_file", "validation_file", "test_file",
-    "source_prefix", "max_source_length", "max_target_length", "learning_rate", "lr_scheduler_type",
-    "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-    "max_steps", "seed", "num_beams", "fp16", "bf16",
+    "model_name_or_path",
+    "dataset_name",
+    "dataset_config_name",
+    "train_file",
+    "validation_file",
+    "test_file",
+    "source_prefix",
+    "max_source_length",
+    "max_target_length",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "seed",
+    "num_beams",
+    "fp16",
+    "bf16",
 )
 
 
@@ -123,7 +139,9 @@ def read_log(output_dir: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                logger.warning("%s, line %d: an incomplete record (the run was stopped while writing it); skipped.", path, number)
+                logger.warning(
+                    "%s, line %d: an incomplete record (the run was stopped while writing it); skipped.", path, number
+                )
                 continue
             if not isinstance(record, dict):
                 continue
@@ -152,15 +170,21 @@ class RunLogCallback(TrainerCallback):
     # totals over all of them belong in the log.
 
 
-def save_report_examples(output_dir: str, dataset, text_column: str, summary_column: str,
-                         count: int = REPORT_EXAMPLES) -> None:
+def save_report_examples(
+    output_dir: str, dataset, text_column: str, summary_column: str, count: int = REPORT_EXAMPLES
+) -> None:
     """Keep the first `count` rows of the test split (the rows the first predictions belong to)."""
     if not is_main_process() or dataset is None:
         return
     rows = dataset.select(range(min(count, len(dataset))))
     lines = [
-        json.dumps({"index": index, "source": row[text_column][:EXAMPLE_TEXT_LIMIT],
-                    "reference": row[summary_column][:EXAMPLE_TEXT_LIMIT]})
+        json.dumps(
+            {
+                "index": index,
+                "source": row[text_column][:EXAMPLE_TEXT_LIMIT],
+                "reference": row[summary_column][:EXAMPLE_TEXT_LIMIT],
+            }
+        )
         for index, row in enumerate(rows)
     ]
     atomic_write_text(os.path.join(output_dir, EXAMPLES_FILE), "".join(line + "\n" for line in lines))
@@ -208,7 +232,11 @@ def series(records: list[dict], event: str, key: str) -> tuple[list[float], list
     """(steps, values) of `key` in records of one event; one value per step (the last one)."""
     by_step: dict = {}
     for record in records:
-        if record.get("event") == event and isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool):
+        if (
+            record.get("event") == event
+            and isinstance(record.get(key), (int, float))
+            and not isinstance(record.get(key), bool)
+        ):
             by_step[record.get("step") or 0] = float(record[key])
     steps = sorted(by_step)
     return steps, [by_step[step] for step in steps]
@@ -226,8 +254,9 @@ def _save_figure(figure, path: str) -> None:
     os.replace(temporary, path)
 
 
-def _plot(path: str, title: str, ylabel: str, lines: dict, xlabel: str = "step", markers: bool = False,
-          log_y: bool = False) -> None:
+def _plot(
+    path: str, title: str, ylabel: str, lines: dict, xlabel: str = "step", markers: bool = False, log_y: bool = False
+) -> None:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6.4, 3.6))
@@ -255,20 +284,34 @@ def make_plots(output_dir: str, records: list[dict]) -> list[tuple[str, str]]:
         made.append((TRAINING_LOSS_PLOT, "Training loss per logged step"))
     steps, rates = series(records, "train", "learning_rate")
     if steps:
-        _plot(os.path.join(output_dir, "plot_learning_rate.png"), "Learning rate", "learning rate",
-              {"learning rate": (steps, rates)})
+        _plot(
+            os.path.join(output_dir, "plot_learning_rate.png"),
+            "Learning rate",
+            "learning rate",
+            {"learning rate": (steps, rates)},
+        )
         made.append(("plot_learning_rate.png", "Learning rate per logged step"))
 
     eval_steps, eval_losses = series(records, "eval", "eval_loss")
     rouge_lines = {key: series(records, "eval", f"eval_{key}") for key in ROUGE_KEYS}
     rouge_lines = {key: line for key, line in rouge_lines.items() if line[0]}
     if eval_steps:
-        _plot(os.path.join(output_dir, "plot_eval_loss.png"), "Evaluation loss", "loss",
-              {"eval loss": (eval_steps, eval_losses)}, markers=True)
+        _plot(
+            os.path.join(output_dir, "plot_eval_loss.png"),
+            "Evaluation loss",
+            "loss",
+            {"eval loss": (eval_steps, eval_losses)},
+            markers=True,
+        )
         made.append(("plot_eval_loss.png", "Evaluation loss per evaluation"))
     if rouge_lines:
-        _plot(os.path.join(output_dir, "plot_eval_rouge.png"), "Evaluation ROUGE", "ROUGE (F1 x 100)", rouge_lines,
-              markers=True)
+        _plot(
+            os.path.join(output_dir, "plot_eval_rouge.png"),
+            "Evaluation ROUGE",
+            "ROUGE (F1 x 100)",
+            rouge_lines,
+            markers=True,
+        )
         made.append(("plot_eval_rouge.png", "Evaluation ROUGE per evaluation"))
 
     keep = {name for name, _ in made}
@@ -289,7 +332,8 @@ table { border-collapse: collapse; margin: 0.5rem 0; } td, th { border: 1px soli
         text-align: left; vertical-align: top; } th { background: #f4f4f6; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .tables { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; } figure img { max-width: 520px; width: 100%; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; }
+figure img { max-width: 520px; width: 100%; }
 figcaption { color: #555; font-size: 0.9rem; }
 table.examples td { width: 33%; } table.examples td div { max-height: 12rem; overflow: auto; white-space: pre-wrap; }
 code { background: #f4f4f6; padding: 0 0.2rem; }
@@ -308,7 +352,8 @@ def _number(value) -> str:
 
 def _table(rows: list[tuple[str, object]], header: tuple[str, str] = ("name", "value")) -> str:
     cells = "".join(
-        f"<tr><td>{_e(key)}</td><td class=\"{'num' if isinstance(value, (int, float)) else ''}\">{_e(_number(value))}</td></tr>"
+        f'<tr><td>{_e(key)}</td><td class="{"num" if isinstance(value, (int, float)) else ""}">'
+        f"{_e(_number(value))}</td></tr>"
         for key, value in rows
     )
     return f"<table><tr><th>{_e(header[0])}</th><th>{_e(header[1])}</th></tr>{cells}</table>"
@@ -320,8 +365,11 @@ def _status(marker: dict | None, finishing: bool) -> str:
     if marker is None:
         return "unknown (no seqtune_run.json)"
     if marker.get("status") == "finished":
-        return "finished" + (f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(marker['finished_at']))}"
-                             if marker.get("finished_at") else "")
+        return "finished" + (
+            f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(marker['finished_at']))}"
+            if marker.get("finished_at")
+            else ""
+        )
     return "running, or stopped before it finished"
 
 
@@ -332,8 +380,10 @@ def _metrics_section(results: dict | None, records: list[dict]) -> str:
             groups.get(key.split("_")[0], groups["other"]).append((key, value))
         tables = "".join(_table(rows, (group, "value")) for group, rows in groups.items() if rows)
         return f'<div class="tables">{tables}</div>'
-    parts = ['<p class="note">No final metrics yet: the run is in progress or was stopped before it finished. '
-             "The latest logged values follow.</p>"]
+    parts = [
+        '<p class="note">No final metrics yet: the run is in progress or was stopped before it finished. '
+        "The latest logged values follow.</p>"
+    ]
     for event, title in (("train", "Last training log"), ("eval", "Last evaluation")):
         latest = next((r for r in reversed(records) if r.get("event") == event), None)
         if latest:
@@ -351,18 +401,25 @@ def _examples_section(output_dir: str) -> str:
     predictions = _first_lines(os.path.join(output_dir, PREDICTIONS_FILE), len(examples))
     note = ""
     if predictions is None:
-        note = ('<p class="note">No generated summaries yet (they are written at the end of a run with '
-                "--do_predict --predict_with_generate).</p>")
+        note = (
+            '<p class="note">No generated summaries yet (they are written at the end of a run with '
+            "--do_predict --predict_with_generate).</p>"
+        )
         predictions = []
     rows = []
     for position, example in enumerate(examples):
         generated = predictions[position] if position < len(predictions) else "(not generated)"
         rows.append(
-            f"<tr><td><div>{_e(example.get('source', ''))}</div></td><td><div>{_e(example.get('reference', ''))}</div></td>"
+            f"<tr><td><div>{_e(example.get('source', ''))}</div></td>"
+            f"<td><div>{_e(example.get('reference', ''))}</div></td>"
             f"<td><div>{_e(generated)}</div></td></tr>"
         )
-    return (note + '<table class="examples"><tr><th>source</th><th>reference</th><th>generated</th></tr>'
-            + "".join(rows) + "</table>")
+    return (
+        note
+        + '<table class="examples"><tr><th>source</th><th>reference</th><th>generated</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _config_section(arguments: dict | None) -> str:
@@ -371,9 +428,12 @@ def _config_section(arguments: dict | None) -> str:
     arguments = redact(arguments)
     key_rows = [(key, arguments[key]) for key in KEY_SETTINGS if arguments.get(key) not in (None, "")]
     all_rows = sorted(arguments.items())
-    return (_table(key_rows, ("setting", "value"))
-            + f"<details><summary>All {len(all_rows)} settings ({_e(ARGS_FILE)})</summary>"
-            + _table(all_rows, ("setting", "value")) + "</details>")
+    return (
+        _table(key_rows, ("setting", "value"))
+        + f"<details><summary>All {len(all_rows)} settings ({_e(ARGS_FILE)})</summary>"
+        + _table(all_rows, ("setting", "value"))
+        + "</details>"
+    )
 
 
 def build_report(output_dir: str, finishing: bool = False) -> str:
@@ -394,8 +454,10 @@ def build_report(output_dir: str, finishing: bool = False) -> str:
     meta = [f"Status: {_e(_status(marker, finishing))}"]
     if started:
         meta.append(f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}")
-    meta.append(f"{sum(1 for r in records if r.get('event') == 'train')} training and "
-                f"{sum(1 for r in records if r.get('event') == 'eval')} evaluation records in {LOG_FILE}")
+    meta.append(
+        f"{sum(1 for r in records if r.get('event') == 'train')} training and "
+        f"{sum(1 for r in records if r.get('event') == 'eval')} evaluation records in {LOG_FILE}"
+    )
     if plots:
         figures = "".join(
             f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'

@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from .arguments import ModelArguments
 from .checkpoints import newest_checkpoint
@@ -54,23 +54,39 @@ class Source:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="seqtune summarize",
-        description="Summarize texts with a trained model (the --output_dir of a seqtune run, a checkpoint, or a hub model).",
+        description="Summarize texts with a trained model "
+        "(the --output_dir of a seqtune run, a checkpoint, or a hub model).",
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT",
-                        help="text files (one document each), .csv/.json/.jsonl/.parquet files (one document per row), "
-                             "or - for standard input (the default)")
-    parser.add_argument("--model", required=True, help="model folder (a run's --output_dir or checkpoint) or hub model id")
-    parser.add_argument("--text_column", help="column with the text in table inputs (default: text, document, article, ... "
-                                              "or the only column)")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="text files (one document each), .csv/.json/.jsonl/.parquet files (one document per row), "
+        "or - for standard input (the default)",
+    )
+    parser.add_argument(
+        "--model", required=True, help="model folder (a run's --output_dir or checkpoint) or hub model id"
+    )
+    parser.add_argument(
+        "--text_column",
+        help="column with the text in table inputs (default: text, document, article, ... or the only column)",
+    )
     parser.add_argument("--id_column", help="column whose value becomes the id of each row (default: FILE:ROW)")
     parser.add_argument("--lines", action="store_true", help="plain text inputs hold one document per line")
     parser.add_argument("--output", default=STDIN, help="where the summaries go (default: standard output)")
-    parser.add_argument("--format", choices=("jsonl", "text"), default="jsonl",
-                        help='jsonl: {"id": ..., "summary": ...} per line (default); text: one summary per line')
+    parser.add_argument(
+        "--format",
+        choices=("jsonl", "text"),
+        default="jsonl",
+        help='jsonl: {"id": ..., "summary": ...} per line (default); text: one summary per line',
+    )
     parser.add_argument("--num_beams", type=int, help="beams for generation (default: the model's)")
     parser.add_argument("--max_length", type=int, help="longest summary in tokens (default: the model's)")
-    parser.add_argument("--max_source_length", type=int,
-                        help="longest input in tokens; longer ones are truncated (default: the length the model was trained with)")
+    parser.add_argument(
+        "--max_source_length",
+        type=int,
+        help="longest input in tokens; longer ones are truncated (default: the length the model was trained with)",
+    )
     parser.add_argument("--batch_size", type=int, default=16, help="documents per generation batch (default: 16)")
     parser.add_argument("--source_prefix", help="text put before every document (default: the model's saved prefix)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -108,16 +124,19 @@ def _text_documents(name: str, lines: list[tuple[int, str]], per_line: bool) -> 
 def _pick_text_column(columns: list[str], wanted: str | None, where: str) -> str:
     if wanted:
         if wanted not in columns:
-            raise UserError(f"--text_column {wanted!r} is not a column of {where}; its columns are: {', '.join(columns)}. "
-                            f"Fix: pass --text_column with one of them.")
+            raise UserError(
+                f"--text_column {wanted!r} is not a column of {where}; its columns are: {', '.join(columns)}. "
+                f"Fix: pass --text_column with one of them."
+            )
         return wanted
     if len(columns) == 1:
         return columns[0]
     for guess in TEXT_COLUMN_GUESSES:
         if guess in columns:
             return guess
-    raise UserError(f"{where} has the columns {', '.join(columns)}: which one holds the text? "
-                    f"Fix: pass --text_column NAME.")
+    raise UserError(
+        f"{where} has the columns {', '.join(columns)}: which one holds the text? Fix: pass --text_column NAME."
+    )
 
 
 def _table_source(path: str, args) -> Source:
@@ -125,16 +144,24 @@ def _table_source(path: str, args) -> Source:
     column = _pick_text_column(dataset.column_names, args.text_column, path)
     dtype = getattr(dataset.features[column], "dtype", None)
     if dtype not in ("string", "large_string"):
-        raise UserError(f"column {column!r} of {path} holds {dtype or type(dataset.features[column]).__name__}, not text. "
-                        f"Fix: choose the text column with --text_column.")
+        raise UserError(
+            f"column {column!r} of {path} holds {dtype or type(dataset.features[column]).__name__}, not text. "
+            f"Fix: choose the text column with --text_column."
+        )
     if args.id_column and args.id_column not in dataset.column_names:
-        raise UserError(f"--id_column {args.id_column!r} is not a column of {path}; its columns are: "
-                        f"{', '.join(dataset.column_names)}.")
+        raise UserError(
+            f"--id_column {args.id_column!r} is not a column of {path}; its columns are: "
+            f"{', '.join(dataset.column_names)}."
+        )
     texts = dataset[column]
     for row, text in enumerate(texts, start=1):
         if text is None or not text.strip():
             raise UserError(f"{path}, row {row}: the {column!r} column is empty. Fix: fill it in or remove the row.")
-    ids = [str(value) for value in dataset[args.id_column]] if args.id_column else [f"{path}:{row}" for row in range(1, len(texts) + 1)]
+    ids = (
+        [str(value) for value in dataset[args.id_column]]
+        if args.id_column
+        else [f"{path}:{row}" for row in range(1, len(texts) + 1)]
+    )
     return Source(path, len(texts), lambda: zip(ids, texts))
 
 
@@ -206,8 +233,9 @@ def _pad(sequences: list[list[int]], pad_id: int):
 class Summarizer:
     """A model with its tokenizer, prefix and generation settings; `summarize(texts)` keeps the order."""
 
-    def __init__(self, tokenizer, model, prefix: str, max_source_length: int, generation: dict, batch_size: int,
-                 device: str):
+    def __init__(
+        self, tokenizer, model, prefix: str, max_source_length: int, generation: dict, batch_size: int, device: str
+    ):
         self.tokenizer = tokenizer
         self.model = model.to(device).eval()
         self.prefix = prefix
@@ -218,8 +246,9 @@ class Summarizer:
 
     def summarize(self, texts: list[str], progress: Progress | None = None) -> list[str]:
         """Summaries of `texts` in the same order, generated longest-first in batches of similar length."""
-        encoded = self.tokenizer([self.prefix + text for text in texts], truncation=True,
-                                 max_length=self.max_source_length)["input_ids"]
+        encoded = self.tokenizer(
+            [self.prefix + text for text in texts], truncation=True, max_length=self.max_source_length
+        )["input_ids"]
 
         def generate_sorted(indices: list[int]) -> Iterator[str]:
             for start in range(0, len(indices), self.batch_size):
@@ -236,8 +265,9 @@ class Summarizer:
 
         input_ids, attention_mask = _pad(batch, self.tokenizer.pad_token_id)
         with torch.inference_mode():
-            generated = self.model.generate(input_ids=input_ids.to(self.device),
-                                            attention_mask=attention_mask.to(self.device), **self.generation)
+            generated = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), **self.generation
+            )
         return [" ".join(summary.split()) for summary in decode_token_ids(generated.cpu().numpy(), self.tokenizer)]
 
 
@@ -245,13 +275,17 @@ def check_model_path(model_path: str) -> None:
     """A --model that is meant as a folder must exist (checked before any input is read)."""
     folder = os.path.expanduser(model_path)
     if (os.sep in model_path or model_path.startswith((".", "~"))) and not os.path.isdir(folder):
-        raise UserError(f"--model {model_path}: no such folder. Fix: pass the --output_dir of a seqtune run, "
-                        f"one of its checkpoint folders, or a hub model id.")
+        raise UserError(
+            f"--model {model_path}: no such folder. Fix: pass the --output_dir of a seqtune run, "
+            f"one of its checkpoint folders, or a hub model id."
+        )
     if os.path.isdir(folder) and not os.path.exists(os.path.join(folder, "config.json")):
         newest = newest_checkpoint(folder)
         hint = f"pass its newest checkpoint, --model {newest}" if newest else "pass a folder with a saved model"
-        raise UserError(f"--model {model_path} holds no saved model (no config.json; a run still going or stopped "
-                        f"early?). Fix: {hint}.")
+        raise UserError(
+            f"--model {model_path} holds no saved model (no config.json; a run still going or stopped "
+            f"early?). Fix: {hint}."
+        )
 
 
 def load_summarizer(args) -> Summarizer:
@@ -261,8 +295,11 @@ def load_summarizer(args) -> Summarizer:
     tokenizer, model = load_seq2seq(ModelArguments(model_name_or_path=os.path.expanduser(model_path), token=args.token))
     settings = summarization_settings(model.config)
     prefix = args.source_prefix if args.source_prefix is not None else settings.get("prefix", "")
-    limits = [settings.get("max_source_length") or DEFAULT_MAX_SOURCE_LENGTH,
-              getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [
+        settings.get("max_source_length") or DEFAULT_MAX_SOURCE_LENGTH,
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     max_source_length = args.max_source_length or min(limit for limit in limits if isinstance(limit, int) and limit > 0)
     generation = {key: settings[key] for key in GENERATION_KEYS if settings.get(key) is not None}
     if args.max_length is not None:
@@ -272,8 +309,14 @@ def load_summarizer(args) -> Summarizer:
     if args.num_beams is not None:
         generation["num_beams"] = args.num_beams
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("Summarizing with %s: prefix %r, inputs up to %d tokens, generation %s, on %s.",
-                model_path, prefix, max_source_length, generation or "(the model's defaults)", device)
+    logger.info(
+        "Summarizing with %s: prefix %r, inputs up to %d tokens, generation %s, on %s.",
+        model_path,
+        prefix,
+        max_source_length,
+        generation or "(the model's defaults)",
+        device,
+    )
     return Summarizer(tokenizer, model, prefix, max_source_length, generation, args.batch_size, device)
 
 

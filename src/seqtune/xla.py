@@ -70,7 +70,8 @@ def prepare_for_xla(data_args, model) -> bool:
         logger.info(
             "XLA device: padding every example to --max_source_length %d / --max_target_length %d "
             "(static shapes: XLA compiles the training step once instead of once per batch width).",
-            data_args.max_source_length, data_args.max_target_length,
+            data_args.max_source_length,
+            data_args.max_target_length,
         )
     use_fixed_size_generation(model, step_end=_mark_step)
     _complete_accelerate_device_loader()
@@ -156,8 +157,9 @@ def unsupported_generation_options(generation_config, overrides: dict) -> list[s
     return found
 
 
-def fixed_size_generate(model, input_ids=None, attention_mask=None, *, max_length: int, encoder_outputs=None,
-                        step_end=None):
+def fixed_size_generate(
+    model, input_ids=None, attention_mask=None, *, max_length: int, encoder_outputs=None, step_end=None
+):
     """Greedy decoding of an encoder-decoder model with the same tensor shapes at every step.
 
     transformers' generate() grows the output by one token per step (and stops early when
@@ -192,15 +194,19 @@ def fixed_size_generate(model, input_ids=None, attention_mask=None, *, max_lengt
         position = torch.zeros((), dtype=torch.long, device=device)  # the last written position
         for step in range(1, max_length):
             logits = model(
-                encoder_outputs=encoder_outputs, attention_mask=attention_mask, decoder_input_ids=tokens, use_cache=False
+                encoder_outputs=encoder_outputs,
+                attention_mask=attention_mask,
+                decoder_input_ids=tokens,
+                use_cache=False,
             ).logits
             scores = logits.index_select(1, position.reshape(1)).squeeze(1)  # [batch, vocab]
             if step == 1 and config.forced_bos_token_id is not None:
                 following = torch.full((batch,), config.forced_bos_token_id, dtype=torch.long, device=device)
             elif step == max_length - 1 and config.forced_eos_token_id is not None:
                 forced = config.forced_eos_token_id
-                following = torch.full((batch,), forced if isinstance(forced, int) else forced[0],
-                                       dtype=torch.long, device=device)
+                following = torch.full(
+                    (batch,), forced if isinstance(forced, int) else forced[0], dtype=torch.long, device=device
+                )
             else:
                 following = scores.argmax(-1)
             following = torch.where(done, torch.full_like(following, pad), following)
@@ -221,22 +227,34 @@ def use_fixed_size_generation(model, step_end=None) -> None:
     warned = []
 
     def generate(input_ids=None, attention_mask=None, encoder_outputs=None, **kwargs):
-        options = {k: v for k, v in kwargs.items() if k not in ("synced_gpus", "labels", "decoder_input_ids", "decoder_attention_mask")}
+        options = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("synced_gpus", "labels", "decoder_input_ids", "decoder_attention_mask")
+        }
         unsupported = unsupported_generation_options(model.generation_config, options)
-        unsupported += [f"{name}=..." for name in options if name not in ("max_length", "max_new_tokens", *_NEUTRAL_OPTIONS)]
+        unsupported += [
+            f"{name}=..." for name in options if name not in ("max_length", "max_new_tokens", *_NEUTRAL_OPTIONS)
+        ]
         if unsupported or (input_ids is None and encoder_outputs is None):
             if not warned:
                 warned.append(True)
-                logger.warning("Generation with %s: using transformers' generate(), whose shapes change at every "
-                               "decoding step (one XLA compilation per step). Fix: --num_beams 1 and greedy "
-                               "settings for static shapes.", ", ".join(unsupported) or "no input_ids")
-            return original(input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs, **kwargs)
+                logger.warning(
+                    "Generation with %s: using transformers' generate(), whose shapes change at every "
+                    "decoding step (one XLA compilation per step). Fix: --num_beams 1 and greedy "
+                    "settings for static shapes.",
+                    ", ".join(unsupported) or "no input_ids",
+                )
+            return original(
+                input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs, **kwargs
+            )
         if options.get("max_new_tokens") is not None:
             max_length = options["max_new_tokens"] + 1
         else:
             max_length = options.get("max_length") or model.generation_config.max_length or 20
-        return fixed_size_generate(model, input_ids, attention_mask, max_length=max_length,
-                                   encoder_outputs=encoder_outputs, step_end=step_end)
+        return fixed_size_generate(
+            model, input_ids, attention_mask, max_length=max_length, encoder_outputs=encoder_outputs, step_end=step_end
+        )
 
     model.generate = generate
 
@@ -267,7 +285,9 @@ def log_compilations() -> int | None:
     logger.info(
         "XLA graph compilations: %d (%.1f s compiling; %d graph executions). A count that grows with the "
         "number of steps means shapes change between batches.",
-        count, seconds, int(executions[0]) if executions else 0,
+        count,
+        seconds,
+        int(executions[0]) if executions else 0,
     )
     return count
 
@@ -291,16 +311,20 @@ def load_script(script: str):
     """Import a training script as a module (its folder goes on sys.path) and return it."""
     path = os.path.abspath(script)
     if not os.path.isfile(path):
-        raise UserError(f"training script {script} does not exist. Fix: pass the path of a script, "
-                        "e.g. examples/pytorch/summarization/run_summarization.py.")
+        raise UserError(
+            f"training script {script} does not exist. Fix: pass the path of a script, "
+            "e.g. examples/pytorch/summarization/run_summarization.py."
+        )
     folder, name = os.path.split(path)
     module_name = os.path.splitext(name)[0]
     if folder not in sys.path:
         sys.path.insert(0, folder)
     module = importlib.import_module(module_name)
     if not callable(getattr(module, "_mp_fn", None)):
-        raise UserError(f"{script} has no _mp_fn(index) function, which xla_spawn.py runs on every core. "
-                        "Fix: add `def _mp_fn(index): main()` to the script.")
+        raise UserError(
+            f"{script} has no _mp_fn(index) function, which xla_spawn.py runs on every core. "
+            "Fix: add `def _mp_fn(index): main()` to the script."
+        )
     return module
 
 
@@ -320,7 +344,7 @@ class _Replica:
                 f"--num_cores {self.num_cores}, but this machine has {world} XLA devices and xmp.spawn uses "
                 f"all of them. Fix: --num_cores {world} (or 1)."
             )
-        getattr(importlib.import_module(self.module_name), "_mp_fn")(index)
+        importlib.import_module(self.module_name)._mp_fn(index)
 
 
 def spawn(num_cores: int, script: str, script_args: list[str]) -> None:

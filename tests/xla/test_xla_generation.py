@@ -98,7 +98,9 @@ def test_generate_is_replaced_for_greedy_search_and_kept_for_beam_search(t5_mode
     assert model.generate(**batch, max_new_tokens=4).shape[1] == 5
     # A caller that has run the encoder already (seqtune.generation) passes its outputs instead.
     calls.clear()
-    encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+    encoded = model.get_encoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True
+    )
     out = model.generate(encoder_outputs=encoded, attention_mask=batch["attention_mask"], max_length=10)
     assert len(calls) == 9
     assert torch.equal(out, padded(greedy, 10, model.generation_config.pad_token_id))
@@ -126,7 +128,9 @@ def test_requirements_xla_pins_match_the_main_ones():
     """requirements-xla.txt: torch and torch_xla at the same version, everything else as in requirements.txt."""
     xla, main, dev = pins("requirements-xla.txt"), pins("requirements.txt"), pins("requirements-dev.txt")
     assert xla["torch"] == xla["torch_xla"]
-    assert {k: v for k, v in main.items() if k != "torch"} == {k: v for k, v in xla.items() if k in main and k != "torch"}
+    assert {k: v for k, v in main.items() if k != "torch"} == {
+        k: v for k, v in xla.items() if k in main and k != "torch"
+    }
     assert {k: v for k, v in xla.items() if k in dev} == {k: dev[k] for k in ("pytest", "pytest-timeout")}
 
 

@@ -46,8 +46,21 @@ def assert_ok(result):
 
 def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "xla"
-    flags = ["--do_train", "--do_eval", "--predict_with_generate", "--max_steps", "4", "--save_steps", "2",
-             "--logging_steps", "1", "--max_eval_samples", "8", "--val_max_target_length", "64"]
+    flags = [
+        "--do_train",
+        "--do_eval",
+        "--predict_with_generate",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--max_eval_samples",
+        "8",
+        "--val_max_target_length",
+        "64",
+    ]
     result = spawn(1, TRAINER_SCRIPT, quick_args(t5_model, corpus_files, out, *flags, "--do_predict"))
     assert_ok(result)
     log = result.stderr
@@ -59,9 +72,19 @@ def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, cor
     assert 0 < compilations(log) <= 30
     # The usual outputs, checkpoints included (written through the staging folder).
     names = set(os.listdir(out))
-    for expected in ("config.json", "model.safetensors", "tokenizer.json", "train_results.json", "eval_results.json",
-                     "predict_results.json", "all_results.json", "generated_predictions.txt", "trainer_state.json",
-                     "README.md", "seqtune_run.json"):
+    for expected in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_results.json",
+        "eval_results.json",
+        "predict_results.json",
+        "all_results.json",
+        "generated_predictions.txt",
+        "trainer_state.json",
+        "README.md",
+        "seqtune_run.json",
+    ):
         assert expected in names, f"{expected} missing from {sorted(names)}"
     assert [os.path.basename(path) for path in list_checkpoints(str(out))] == ["checkpoint-2", "checkpoint-4"]
     assert read_json(out / "seqtune_args.json")["pad_to_max_length"] is True
@@ -74,8 +97,11 @@ def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, cor
 
     # The same run on the CPU without XLA (USE_TORCH_XLA=0) trains the same model: same losses.
     cpu = tmp_path / "cpu"
-    reference = run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, cpu, *flags, "--pad_to_max_length"),
-                           env={"USE_TORCH_XLA": "0"})
+    reference = run_script(
+        TRAINER_SCRIPT,
+        quick_args(t5_model, corpus_files, cpu, *flags, "--pad_to_max_length"),
+        env={"USE_TORCH_XLA": "0"},
+    )
     assert_ok(reference)
     assert "XLA graph compilations" not in reference.stderr
     expected = read_json(cpu / "all_results.json")
@@ -86,9 +112,26 @@ def test_trainer_script_trains_on_the_xla_device_through_xla_spawn(t5_model, cor
 
 def test_accelerate_script_runs_on_the_xla_device(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "loop"
-    result = spawn(1, LOOP_SCRIPT, quick_args(t5_model, corpus_files, out, "--max_train_steps", "4", "--logging_steps",
-                                              "1", "--val_max_target_length", "8", "--do_predict",
-                                              "--max_eval_samples", "8", "--checkpointing_steps", "2"))
+    result = spawn(
+        1,
+        LOOP_SCRIPT,
+        quick_args(
+            t5_model,
+            corpus_files,
+            out,
+            "--max_train_steps",
+            "4",
+            "--logging_steps",
+            "1",
+            "--val_max_target_length",
+            "8",
+            "--do_predict",
+            "--max_eval_samples",
+            "8",
+            "--checkpointing_steps",
+            "2",
+        ),
+    )
     assert_ok(result)
     assert re.search(r"on 1 process\(es\), device xla:0", result.stderr), result.stderr[-3000:]
     assert compilations(result.stderr) > 0
@@ -116,7 +159,11 @@ def test_more_than_one_core_on_the_cpu_is_one_clear_error(t5_model, corpus_files
 
 def test_a_script_that_xla_spawn_cannot_run_is_one_clear_error(tmp_path):
     missing = spawn(1, str(tmp_path / "nope.py"), [], timeout=120)
-    assert missing.returncode == 2 and "seqtune: error: training script" in missing.stderr and "does not exist" in missing.stderr
+    assert (
+        missing.returncode == 2
+        and "seqtune: error: training script" in missing.stderr
+        and "does not exist" in missing.stderr
+    )
     script = tmp_path / "no_entry_point.py"
     script.write_text("def main():\n    pass\n")
     no_mp_fn = spawn(1, str(script), [], timeout=120)
@@ -135,9 +182,24 @@ def test_compilations_stay_bounded_with_varied_length_data(t5_model, tmp_path, i
     lengths = {len(row["document"].split()) for row in rows}
     assert len(lengths) > 30  # the data really varies in length
     steps = 16
-    result = spawn(1, TRAINER_SCRIPT, quick_args(t5_model, files, tmp_path / "out", "--do_train", "--max_steps", str(steps),
-                                                 "--per_device_train_batch_size", "2", "--logging_steps", "4",
-                                                 "--save_strategy", "no"))
+    result = spawn(
+        1,
+        TRAINER_SCRIPT,
+        quick_args(
+            t5_model,
+            files,
+            tmp_path / "out",
+            "--do_train",
+            "--max_steps",
+            str(steps),
+            "--per_device_train_batch_size",
+            "2",
+            "--logging_steps",
+            "4",
+            "--save_strategy",
+            "no",
+        ),
+    )
     assert_ok(result)
     count = compilations(result.stderr)
     assert 0 < count <= 10 < steps, f"{count} XLA graph compilations for {steps} training steps"

@@ -102,8 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
         args,
         setup=setup,
         results=results,
-        hyperparameters={"num_train_epochs": run.num_train_epochs, "max_train_steps": run.max_train_steps,
-                         "gradient_accumulation_steps": args.gradient_accumulation_steps},
+        hyperparameters={
+            "num_train_epochs": run.num_train_epochs,
+            "max_train_steps": run.max_train_steps,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        },
         command=[PROG, *argv],
         trainer=f"Accelerate loop, {accelerator.num_processes} process(es)",
         model_files=model_files,
@@ -148,8 +151,11 @@ def build_accelerator(args: LoopArguments):
     )
     logger.info("%s on %d process(es), device %s.", PROG, accelerator.num_processes, accelerator.device)
     if args.torch_compile:
-        logger.info("torch.compile: backend %s, mode %s (the first steps compile).",
-                    accelerator.state.dynamo_plugin.backend, args.torch_compile_mode or "default")
+        logger.info(
+            "torch.compile: backend %s, mode %s (the first steps compile).",
+            accelerator.state.dynamo_plugin.backend,
+            args.torch_compile_mode or "default",
+        )
     return accelerator
 
 
@@ -168,8 +174,9 @@ def _compile_settings(args: LoopArguments):
 
     # Length-grouped batches change shape every step: compile for dynamic shapes at once
     # instead of recompiling for the first few widths.
-    return TorchDynamoPlugin(backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode,
-                             dynamic=True)
+    return TorchDynamoPlugin(
+        backend=args.torch_compile_backend or "inductor", mode=args.torch_compile_mode, dynamic=True
+    )
 
 
 @dataclass
@@ -232,17 +239,32 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     lr_scheduler = accelerator.prepare(
-        get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.num_warmup_steps,
-                      num_training_steps=max_train_steps)
+        get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=args.num_warmup_steps,
+            num_training_steps=max_train_steps,
+        )
     )
     state = LoopState()
     accelerator.register_for_checkpointing(state)
     return LoopRun(
-        accelerator=accelerator, model=model, model_type=setup.model.config.model_type, tokenizer=setup.tokenizer, optimizer=optimizer,
-        lr_scheduler=lr_scheduler, splits=splits, collator=collator, train_loader=train_loader,
-        eval_loader=eval_loader, state=state, log=RunLog(args.output_dir),
+        accelerator=accelerator,
+        model=model,
+        model_type=setup.model.config.model_type,
+        tokenizer=setup.tokenizer,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        splits=splits,
+        collator=collator,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        state=state,
+        log=RunLog(args.output_dir),
         generation={k: v for k, v in generation_settings(data_args).items() if v is not None},
-        total_batch=total_batch, steps_per_epoch=steps_per_epoch, max_train_steps=max_train_steps,
+        total_batch=total_batch,
+        steps_per_epoch=steps_per_epoch,
+        max_train_steps=max_train_steps,
         num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
         # The Trainer's estimate of the work: 6 x input tokens x parameters (embeddings excluded).
         flos_per_input_token=6.0 * accelerator.unwrap_model(model).num_parameters(exclude_embeddings=True),
@@ -267,11 +289,16 @@ def build_data_loaders(splits: dict, collator, args: LoopArguments, group_size: 
     else:
         order = {"shuffle": True}
     train_loader = DataLoader(
-        splits["train"], collate_fn=collator, batch_size=args.per_device_train_batch_size,
-        generator=torch.Generator().manual_seed(args.seed), **order,
+        splits["train"],
+        collate_fn=collator,
+        batch_size=args.per_device_train_batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
+        **order,
     )
     eval_loader = DataLoader(  # longest first, similar lengths together: less padding
-        length_sorted(splits["validation"]), collate_fn=collator, batch_size=args.per_device_eval_batch_size,
+        length_sorted(splits["validation"]),
+        collate_fn=collator,
+        batch_size=args.per_device_eval_batch_size,
         generator=torch.Generator(),
     )
     return train_loader, eval_loader
@@ -294,8 +321,9 @@ def resume(run: LoopRun, checkpoint: str) -> None:
     logger.info("Resuming from %s.", checkpoint)
     run.accelerator.load_state(checkpoint)
     state = run.state
-    logger.info("Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch,
-                state.batches_seen)
+    logger.info(
+        "Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch, state.batches_seen
+    )
 
 
 def start_logging(run: LoopRun, args: LoopArguments, arguments: list) -> None:
@@ -307,8 +335,13 @@ def start_logging(run: LoopRun, args: LoopArguments, arguments: list) -> None:
             TRACKER_PROJECT, {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
         )
     logger.info("***** Training *****")
-    logger.info("  examples = %d, epochs = %d, batch size (all processes, accumulated) = %d, optimizer steps = %d",
-                len(run.splits["train"]), run.num_train_epochs, run.total_batch, run.max_train_steps)
+    logger.info(
+        "  examples = %d, epochs = %d, batch size (all processes, accumulated) = %d, optimizer steps = %d",
+        len(run.splits["train"]),
+        run.num_train_epochs,
+        run.total_batch,
+        run.max_train_steps,
+    )
 
 
 # --------------------------------------------------------------------------- train
@@ -327,8 +360,13 @@ class StepTotals:
 
     def add_step(self, mean_loss: torch.Tensor, flos: float) -> None:
         device = self.accelerator.device
-        self.unflushed += torch.stack([mean_loss.double(), torch.tensor(flos, dtype=torch.float64, device=device),
-                                       torch.ones((), dtype=torch.float64, device=device)])
+        self.unflushed += torch.stack(
+            [
+                mean_loss.double(),
+                torch.tensor(flos, dtype=torch.float64, device=device),
+                torch.ones((), dtype=torch.float64, device=device),
+            ]
+        )
 
     def flush(self) -> float:
         """Add the unflushed steps to the state (summed over processes); return their mean loss."""
@@ -362,8 +400,9 @@ def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
     return eval_metrics or evaluate(run)  # resumed from a checkpoint after the last step: evaluate once
 
 
-def train_one_epoch(run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress,
-                    hub: HubPusher | None) -> None:
+def train_one_epoch(
+    run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress, hub: HubPusher | None
+) -> None:
     """The rest of `epoch` (from the batch a resumed run stopped at), or up to --max_train_steps."""
     accelerator, state = run.accelerator, run.state
     run.model.train()
@@ -403,9 +442,14 @@ def training_step(run: LoopRun, args: LoopArguments, batch: dict) -> torch.Tenso
         loss = run.model(**batch).loss
         accelerator.backward(loss)
         # NaN/inf on any process: every process stops here, before the optimizer step.
-        check_loss_is_finite(loss, run.state.completed_steps + 1, mixed_precision=accelerator.mixed_precision,
-                             model_type=run.model_type,
-                             learning_rate=args.learning_rate, output_dir=args.output_dir)
+        check_loss_is_finite(
+            loss,
+            run.state.completed_steps + 1,
+            mixed_precision=accelerator.mixed_precision,
+            model_type=run.model_type,
+            learning_rate=args.learning_rate,
+            output_dir=args.output_dir,
+        )
         if accelerator.sync_gradients and args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
         run.optimizer.step()
@@ -413,16 +457,19 @@ def training_step(run: LoopRun, args: LoopArguments, batch: dict) -> torch.Tenso
     return loss
 
 
-def log_and_checkpoint(run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress,
-                       hub: HubPusher | None) -> None:
+def log_and_checkpoint(
+    run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress, hub: HubPusher | None
+) -> None:
     """After an optimizer step: log the loss every --logging_steps, checkpoint every --checkpointing_steps."""
     step = run.state.completed_steps
     if step % args.logging_steps == 0 or step == run.max_train_steps:
         interval_loss = totals.flush()  # mean loss since the last log, as the Trainer logs it
         learning_rate = run.lr_scheduler.get_last_lr()[0]
         bar.set_postfix(loss=interval_loss, lr=learning_rate)
-        bar.write(f"step {step}/{run.max_train_steps}  epoch {epoch}  loss {interval_loss:.4f}  "
-                  f"learning rate {learning_rate:.3e}")
+        bar.write(
+            f"step {step}/{run.max_train_steps}  epoch {epoch}  loss {interval_loss:.4f}  "
+            f"learning rate {learning_rate:.3e}"
+        )
         run.accelerator.log({"train_loss": interval_loss, "learning_rate": learning_rate, "epoch": epoch}, step=step)
         run.log.append({"step": step, "epoch": epoch, "loss": interval_loss, "learning_rate": learning_rate})
     if args.checkpoint_every and step % args.checkpoint_every == 0:
@@ -518,8 +565,9 @@ def save_model(run: LoopRun, folder: str) -> None:
     state_dict = cpu_state_dict(accelerator.get_state_dict(run.model))  # every process (gathers sharded weights)
     # --torch_compile: the compiled wrapper names every weight "_orig_mod.<name>".
     state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
-    unwrapped.save_pretrained(folder, is_main_process=is_main_process(), save_function=accelerator.save,
-                              state_dict=state_dict)
+    unwrapped.save_pretrained(
+        folder, is_main_process=is_main_process(), save_function=accelerator.save, state_dict=state_dict
+    )
     if is_main_process():
         run.tokenizer.save_pretrained(folder)
 

@@ -18,9 +18,9 @@ from typing import Any
 from transformers import set_seed
 
 from ..arguments import DataArguments, ModelArguments
+from ..card import write_model_card
 from ..data import RawData, load_raw_data, tokenize_splits, wanted_splits
 from ..modeling import load_model_and_tokenizer, remember_summarization_settings
-from ..card import write_model_card
 from ..outputs import (
     log_metrics,
     mark_run_finished,
@@ -67,11 +67,14 @@ def set_up_run(
     if hub is not None:
         hub.check()  # hub reachable, token valid, repository there: fail now, not after training
     output_dir = run_args.output_dir
-    resume_from = prepare_output_dir(output_dir, run_args.overwrite_output_dir, run_args.resume_from_checkpoint,
-                                     run_args.do_train)
+    resume_from = prepare_output_dir(
+        output_dir, run_args.overwrite_output_dir, run_args.resume_from_checkpoint, run_args.do_train
+    )
     set_seed(run_args.seed)
     with phase("Loading the data"):
-        raw = load_raw_data(data_args, model_args, wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict))
+        raw = load_raw_data(
+            data_args, model_args, wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
+        )
     tokenizer, model = load_model_and_tokenizer(model_args, data_args)
     remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
@@ -79,8 +82,14 @@ def set_up_run(
     save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
     started = time.time()
     tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)
-    return RunSetup(resume_from=resume_from, raw=raw, tokenizer=tokenizer, model=model, tokenized=tokenized,
-                    tokenize_runtime=round(time.time() - started, 4))
+    return RunSetup(
+        resume_from=resume_from,
+        raw=raw,
+        tokenizer=tokenizer,
+        model=model,
+        tokenized=tokenized,
+        tokenize_runtime=round(time.time() - started, 4),
+    )
 
 
 def generation_settings(data_args: DataArguments, max_length: int | None = None, num_beams: int | None = None) -> dict:

@@ -67,10 +67,14 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     # dropped) and reports sum / tokens: the same number for any batch size or process count.
     _example_losses: list | None = None
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         self._example_losses = []
         try:
-            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
             if self._example_losses:
                 output.metrics[f"{metric_key_prefix}_loss"] = mean_token_loss(self._example_losses)
             self.last_example_losses = self._example_losses
@@ -117,8 +121,9 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         def generate_window(subset, totals: GenerationTotals) -> list[str]:
             output = self.predict(subset, metric_key_prefix="predict")
             generated = decode_token_ids(output.predictions, tokenizer)
-            totals.scorer.add(generated, decode_token_ids(output.label_ids, tokenizer), output.predictions,
-                              tokenizer.pad_token_id)
+            totals.scorer.add(
+                generated, decode_token_ids(output.label_ids, tokenizer), output.predictions, tokenizer.pad_token_id
+            )
             totals.losses.extend(self.last_example_losses or [])
             totals.batches += -(-len(subset) // per_batch)
             return generated
@@ -226,8 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
         model_files = save_final_model(trainer.save_model, output_dir)
-        metrics = dict(train_result.metrics, train_samples=len(tokenized["train"]),
-                       tokenize_runtime=setup.tokenize_runtime)
+        metrics = dict(
+            train_result.metrics, train_samples=len(tokenized["train"]), tokenize_runtime=setup.tokenize_runtime
+        )
         record_results(output_dir, "train", metrics, results)
         if trainer.is_world_process_zero():
             trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
@@ -244,8 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
             prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
             metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
         record_results(output_dir, "predict", metrics, results)
-        RunLog(output_dir).append({**metrics, "event": "predict", "step": trainer.state.global_step,
-                                   "epoch": trainer.state.epoch})
+        RunLog(output_dir).append(
+            {**metrics, "event": "predict", "step": trainer.state.global_step, "epoch": trainer.state.epoch}
+        )
     wrap_up_run(
         model_args,
         data_args,
@@ -266,12 +273,12 @@ def _mp_fn(index: int) -> None:
     main()
 
 
-def build_trainer(training_args: TrainerArguments, data_args: DataArguments, setup: RunSetup,
-                  hub: HubPusher | None) -> SeqtuneTrainer:
+def build_trainer(
+    training_args: TrainerArguments, data_args: DataArguments, setup: RunSetup, hub: HubPusher | None
+) -> SeqtuneTrainer:
     """The SeqtuneTrainer over the tokenized splits, with seqtune's generation settings, run log and progress."""
     tokenizer, model, tokenized = setup.tokenizer, setup.model, setup.tokenized
-    generation = generation_settings(data_args, training_args.generation_max_length,
-                                     training_args.generation_num_beams)
+    generation = generation_settings(data_args, training_args.generation_max_length, training_args.generation_num_beams)
     training_args.generation_max_length = generation["max_length"]
     training_args.generation_num_beams = generation["num_beams"]
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
