@@ -158,3 +158,57 @@ def test_mixed_precision_flags():
     if not accelerator_available():
         with pytest.raises(UserError, match="Fix: use --bf16"):
             parse_arguments(LOOP_TYPES, ["--output_dir", "/tmp/x", "--fp16"])
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--do_train", "--num_train_epochs", "0"], "--num_train_epochs must be more than 0"),
+        (["--do_train", "--num_train_epochs", "-1"], "--num_train_epochs must be more than 0"),
+        (["--max_steps", "0"], "--max_steps must be at least 1, or -1"),
+        (["--max_steps", "-5"], "--max_steps must be at least 1, or -1"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1"),
+        (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be at least 1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1"),
+        (["--learning_rate=-1e-4"], "--learning_rate cannot be negative"),
+    ],
+)
+def test_trainer_arguments_are_checked_as_the_loops_are(flags, message, tmp_path):
+    """Issue 19: the Trainer script used to exit 0 after training nothing, or end in a traceback."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_arguments(TRAINER_TYPES, ["--output_dir", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_trainer_evaluation_only_with_zero_epochs_is_fine(tmp_path):
+    args = parse_arguments(TRAINER_TYPES, ["--output_dir", str(tmp_path), "--do_eval", "--num_train_epochs", "0"])[2]
+    assert args.num_train_epochs == 0
+
+
+def test_loop_refuses_a_negative_learning_rate(tmp_path):
+    with pytest.raises(UserError, match="--learning_rate cannot be negative"):
+        parse_arguments(LOOP_TYPES, ["--output_dir", str(tmp_path), "--learning_rate", "-0.1"])
+
+
+def test_unknown_flag_gets_a_suggestion_and_no_usage_dump(tmp_path):
+    with pytest.raises(UserError, match=r"unknown arguments --learnin_rate 1 \(did you mean --learning_rate\?\)"):
+        parse_arguments(LOOP_TYPES, ["--output_dir", str(tmp_path), "--learnin_rate", "1"])
+    with pytest.raises(UserError, match=r"invalid int value: 'two'\. Run with -h"):
+        parse_arguments(TRAINER_TYPES, ["--output_dir", str(tmp_path), "--max_steps", "two"])
+
+
+def test_resume_flag_help_says_what_it_does():
+    parser = HfArgumentParser(TRAINER_TYPES)
+    (action,) = [a for a in parser._actions if a.dest == "resume_from_checkpoint"]
+    assert "Not directly used" not in action.help and "newest complete checkpoint" in action.help
+
+
+def test_changed_arguments_show_only_what_differs(tmp_path):
+    from seqtune.arguments import changed_arguments
+
+    args = parse_arguments(
+        TRAINER_TYPES, ["--output_dir", str(tmp_path), "--learning_rate", "1e-3", "--hub_token", "hf_secret"]
+    )[2]
+    changed = changed_arguments(args)
+    assert changed["learning_rate"] == 1e-3 and "hub_token" not in changed
+    assert "adam_beta1" not in changed and "report_to" not in changed and len(changed) < 12

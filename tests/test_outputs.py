@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import logging
 import os
+import re
 
 import pytest
 
@@ -13,9 +15,11 @@ from seqtune.checkpoints import publish_checkpoint, staging_path
 from seqtune.errors import UserError
 from seqtune.outputs import (
     atomic_write_json,
+    atomic_write_text,
     mark_run_finished,
     mark_run_started,
     prepare_output_dir,
+    record_files,
     save_final_model,
     shareable_files,
     write_predictions,
@@ -208,8 +212,9 @@ def test_overwrite_removes_only_seqtunes_own_files(tmp_path):
     write_results(str(output_dir), "train", {"train_loss": 1.5})
     write_results(str(output_dir), "eval", {"eval_rouge1": 10.0})
     write_predictions(str(output_dir), ["a summary"])
-    (output_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# model card\n")
-    (output_dir / "plot_loss.png").write_bytes(b"png")
+    atomic_write_text(str(output_dir / "README.md"), "---\nlicense: apache-2.0\n---\n# model card\n")
+    (output_dir / "plot_training_loss.png").write_bytes(b"png")
+    record_files(str(output_dir), ["plot_training_loss.png"])  # as the report records its plots
     (output_dir / "runs").mkdir()
     (output_dir / "runs" / "events.out").write_bytes(b"tb")
     make_checkpoint(output_dir, 2)
@@ -217,18 +222,67 @@ def test_overwrite_removes_only_seqtunes_own_files(tmp_path):
     make_leftovers(output_dir)
     # The user's own files, kept in the same folder.
     (output_dir / "notes.txt").write_bytes(b"my notes\r\nline 2")
-    (output_dir / "vocab.txt").write_bytes(b"not recorded as a model file")
+    (output_dir / "my_vocab.txt").write_bytes(b"not recorded as a model file")
     (output_dir / "my_plot.png").write_bytes(b"\x89PNG mine")
     (output_dir / "data").mkdir()
     (output_dir / "data" / "train.jsonl").write_bytes(b"{}\n")
     user_files = {
         k: v
         for k, v in snapshot(output_dir).items()
-        if k.split(os.sep)[0] in ("notes.txt", "vocab.txt", "my_plot.png", "data")
+        if k.split(os.sep)[0] in ("notes.txt", "my_vocab.txt", "my_plot.png", "data")
     }
 
     assert prepare_output_dir(str(output_dir), True, None, True) is None
     assert snapshot(output_dir) == user_files
+
+
+@pytest.mark.parametrize("name", ["README.md", "config.json", "all_results.json", "report.html", "vocab.txt"])
+@pytest.mark.parametrize("seqtune_run", [False, True], ids=["user-folder", "seqtune-run"])
+def test_overwrite_never_writes_over_a_users_file_of_a_name_seqtune_writes(name, seqtune_run, tmp_path):
+    """Issue 19: seqtune deletes only what its record says it wrote, and refuses to start where the run
+    would write over a user's file of the same name."""
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    if seqtune_run:  # a finished run whose record does not hold `name` (the user put it there afterwards)
+        start_run(output_dir)
+        mark_run_finished(str(output_dir), ["model.safetensors"])
+    (output_dir / name).write_text("the user's own")
+    before = snapshot(output_dir)
+    with pytest.raises(UserError, match=rf"would write over: {re.escape(name)}\. Fix: move them"):
+        prepare_output_dir(str(output_dir), True, None, True)
+    assert snapshot(output_dir) == before
+
+
+def test_overwrite_names_the_files_it_removes(tmp_path, caplog):
+    output_dir = tmp_path / "run"
+    start_run(output_dir)
+    write_results(str(output_dir), "eval", {"eval_rouge1": 1.0})
+    with caplog.at_level(logging.INFO, logger="seqtune"):
+        prepare_output_dir(str(output_dir), True, None, True)
+    assert "removed seqtune's earlier files" in caplog.text and "eval_results.json" in caplog.text
+
+
+def test_one_run_per_output_folder(tmp_path):
+    """A second process cannot take a folder a live run holds; the lock goes with the process."""
+    import subprocess
+    import sys
+
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    hold = (
+        "import sys, time; from seqtune.outputs import lock_output_dir; lock_output_dir(sys.argv[1]); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(output_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match="another seqtune run is using --output_dir"):
+            prepare_output_dir(str(output_dir), False, None, True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare_output_dir(str(output_dir), False, None, True) is None  # killed: not stuck
+    assert os.listdir(output_dir) == []  # and no lock file left behind
 
 
 def test_overwrite_of_a_new_folder_creates_nothing(tmp_path):
@@ -451,8 +505,9 @@ def test_shareable_files_are_only_seqtunes_top_level_outputs(tmp_path):
     mark_run_finished(str(output_dir), ["config.json", "model.safetensors", "tokenizer.json"])
     write_results(str(output_dir), "eval", {"eval_rouge1": 10.0})
     write_predictions(str(output_dir), ["a summary"])
-    (output_dir / "README.md").write_text("# model card\n")
-    (output_dir / "plot_loss.png").write_bytes(b"png")
+    atomic_write_text(str(output_dir / "README.md"), "# model card\n")
+    (output_dir / "plot_training_loss.png").write_bytes(b"png")
+    record_files(str(output_dir), ["plot_training_loss.png"])  # as the report records its plots
     make_checkpoint(output_dir, 2)
     make_leftovers(output_dir)
     (output_dir / "runs").mkdir()
@@ -466,7 +521,7 @@ def test_shareable_files_are_only_seqtunes_top_level_outputs(tmp_path):
         "eval_results.json",
         "generated_predictions.txt",
         "model.safetensors",
-        "plot_loss.png",
+        "plot_training_loss.png",
         "seqtune_args.json",
         "tokenizer.json",
     ]

@@ -10,11 +10,14 @@ only argument. Nothing is written before every value has been checked.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
@@ -184,10 +187,30 @@ class OutputArguments:
         },
     )
 
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from this checkpoint folder. Without it, a run in a non-empty --output_dir resumes "
+            "from the newest complete checkpoint there."
+        },
+    )
+
     def check_output_dir(self) -> None:
         if not self.output_dir:
             raise UserError("--output_dir is required: the folder where the model and results go.")
         self.output_dir = os.path.expanduser(self.output_dir)  # "~/tmp/..." from a config file or a quoted flag
+        if self.resume_from_checkpoint:
+            self.resume_from_checkpoint = os.path.expanduser(self.resume_from_checkpoint)
+
+    def check_at_least_one(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+
+    def check_not_negative(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}.")
 
 
 @dataclass
@@ -233,6 +256,20 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         self.check_output_dir()
+        self.check_at_least_one(
+            "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"
+        )
+        self.check_not_negative("learning_rate", "weight_decay", "warmup_steps")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UserError(
+                f"--max_steps must be at least 1, or -1 (the default) to train --num_train_epochs; "
+                f"got {self.max_steps}."
+            )
+        if self.do_train and self.max_steps < 0 and not self.num_train_epochs > 0:
+            raise UserError(
+                f"--num_train_epochs must be more than 0 to train, got {self.num_train_epochs}. "
+                f"Fix: pass a positive --num_train_epochs or --max_steps, or drop --do_train to only evaluate."
+            )
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.push_to_hub_model_id and not self.hub_model_id:
@@ -345,13 +382,6 @@ class LoopArguments(OutputArguments):
     save_total_limit: int | None = field(
         default=None, metadata={"help": "Keep at most this many checkpoints (the oldest are deleted)."}
     )
-    resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata={
-            "help": "Resume from this checkpoint folder. Without it, a run in a non-empty --output_dir resumes "
-            "from the newest complete checkpoint there."
-        },
-    )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimizer steps."})
     do_predict: bool = field(
         default=False,
@@ -391,19 +421,18 @@ class LoopArguments(OutputArguments):
     def __post_init__(self):
         self.check_output_dir()
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
-        for name in (
+        self.check_at_least_one(
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "num_train_epochs",
             "logging_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-        if self.max_train_steps is not None and self.max_train_steps < 1:
-            raise UserError(f"--max_train_steps must be at least 1, got {self.max_train_steps}.")
-        if self.num_warmup_steps < 0:
-            raise UserError(f"--num_warmup_steps cannot be negative, got {self.num_warmup_steps}.")
+        )
+        if self.max_train_steps is not None:
+            self.check_at_least_one("max_train_steps")
+        if self.save_total_limit is not None:
+            self.check_at_least_one("save_total_limit")
+        self.check_not_negative("num_warmup_steps", "learning_rate", "weight_decay", "max_grad_norm")
         if self.torch_compile_backend or self.torch_compile_mode:  # as the Trainer's arguments do
             self.torch_compile = True
         steps = self.checkpointing_steps
@@ -418,6 +447,33 @@ class LoopArguments(OutputArguments):
     def checkpoint_every(self) -> int | None:
         """Steps between checkpoints (None: by epoch or never)."""
         return int(self.checkpointing_steps) if self.checkpointing_steps not in (None, "epoch") else None
+
+
+def _plain(value):
+    """A setting as a person would compare it: enums by value; unset, empty and "none" alike."""
+    value = getattr(value, "value", value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value == type(value)():
+        return None  # a default-constructed settings object (accelerator_config)
+    if value is False or value in ("", "none", [], {}, ()) or value is None:
+        return None
+    return value
+
+
+def changed_arguments(arguments) -> dict:
+    """The fields of a dataclass that differ from their defaults (tokens left out): what a log line
+    should show of a run's settings; all of them are saved in seqtune_args.json."""
+    changed = {}
+    for f in fields(arguments):
+        if f.name.endswith("token") or not f.init:
+            continue
+        if f.default is not MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not MISSING else None
+        value = getattr(arguments, f.name, None)
+        if _plain(value) != _plain(default):
+            changed[f.name] = getattr(value, "value", value)
+    return changed
 
 
 def _normalise_config_keys(config: dict, dataclass_types) -> dict:
@@ -451,18 +507,90 @@ def _read_config_file(path: str) -> dict:
     return config
 
 
+def _usage_error(message: str):
+    raise UserError(f"{message}. Run with -h to list the flags.")
+
+
+def _suggestion(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _coerce(value, action: argparse.Action, where: str):
+    """A config file's value as the command line would have turned its text into the flag's value."""
+    if value is None:
+        if action.default is not None:  # the command line cannot make this flag empty either
+            raise UserError(
+                f"{where} is empty (null). Fix: write a value, or leave the key out for its "
+                f"default ({getattr(action.default, 'value', action.default)!r})."
+            )
+        return None
+    if isinstance(value, dict):  # a JSON-valued flag (accelerator_config)
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        return [_coerce_one(item, action, where) for item in (value if isinstance(value, list) else [value])]
+    return _coerce_one(value, action, where)
+
+
+def _coerce_one(value, action: argparse.Action, where: str):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.const is True:
+        text = str(value).lower()
+        if text not in ("true", "false", "yes", "no", "1", "0"):
+            raise UserError(f"{where}: {value!r} is not true or false. Fix: write true or false.")
+        return text in ("true", "yes", "1")
+    convert = action.type
+    if isinstance(value, (list, bool)) and convert in (int, float, str):
+        kind = "a list" if isinstance(value, list) else "true/false"
+        raise UserError(f"{where}: got {kind} ({value!r}), expected {convert.__name__}. Fix: write one value.")
+    try:
+        converted = convert(str(value)) if convert is not None else value
+    except (TypeError, ValueError, KeyError, argparse.ArgumentTypeError):
+        name = getattr(convert, "__name__", "a value of this flag")
+        raise UserError(
+            f"{where}: {value!r} is not a valid {name}. Fix: write a {name}, e.g. as on the command "
+            f"line (run with -h to see the flag's type)."
+        ) from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(str(getattr(choice, "value", choice)) for choice in action.choices)
+        raise UserError(f"{where}: {value!r} is not one of {choices}.")
+    return converted
+
+
+def _config_values(config: dict, parser: HfArgumentParser, path: str) -> dict:
+    """The config file's values checked and typed as the command line would: unknown keys are refused
+    (with the closest flag), values converted by each flag's own type, choices checked."""
+    actions = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "help"}
+    for key in config:
+        if key not in actions:
+            raise UserError(
+                f"config file {path}: unknown key {key!r}{_suggestion(key, actions)}. "
+                f"Fix: use the flag names without the leading -- (run with -h to list them)."
+            )
+    return {key: _coerce(value, actions[key], f"config file {path}, key {key!r}") for key, value in config.items()}
+
+
 def parse_arguments(dataclass_types, argv: list[str] | None = None, prog: str | None = None):
-    """Parse the command line (or a single JSON/YAML config file) into the dataclasses."""
+    """Parse the command line (or a single JSON/YAML config file) into the dataclasses, every value checked."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.error = _usage_error  # one line, not the usage of 160 flags before it
     if len(argv) == 1 and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
         path = os.path.abspath(argv[0])
-        config = _normalise_config_keys(_read_config_file(path), dataclass_types)
+        config = _config_values(_normalise_config_keys(_read_config_file(path), dataclass_types), parser, path)
         try:
             return parser.parse_dict(config, allow_extra_keys=False)
-        except ValueError as error:
+        except (UserError, ValueError, TypeError) as error:  # range checks name the flag; say which file too
             raise UserError(f"config file {path}: {error}") from None
+    _, unknown = parser.parse_known_args(argv)  # argparse's own mistakes (bad values) exit 2 with usage here
+    if unknown:
+        flags = [flag for action in parser._actions for flag in action.option_strings]
+        first = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+        hint = _suggestion(first.split("=", 1)[0], flags) if first.startswith("-") else ""
+        raise UserError(
+            f"unknown argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}{hint}. "
+            f"Run with -h to list the flags."
+        )
     try:
         return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # unknown flags end up here, after argparse's own checks
+    except (ValueError, TypeError) as error:
         raise UserError(f"{error}. Run with -h to list the flags.") from None

@@ -1,25 +1,33 @@
 """Checkpoints are written in one place and found in one place.
 
 Writer: a checkpoint is first written into a staging folder inside the output dir,
-every file is flushed to disk, a manifest (`seqtune_checkpoint.json`, names and sizes)
-is written last, and one `rename` makes `checkpoint-N` visible. A kill at any instant
-leaves either the previous state or the complete new checkpoint.
+every file is flushed to disk, a manifest (`seqtune_checkpoint.json`, names, sizes and
+sha256 checksums) is written last, and one `rename` makes `checkpoint-N` visible. A kill
+at any instant leaves either the previous state or the complete new checkpoint. Published
+files get the mode any new file gets (0o666 & ~umask), so colleagues can read them.
 
 Reader: only folders with a manifest whose files all exist with the recorded sizes
-count; others are skipped with a log line saying why. Deleting (rotation) renames a
-checkpoint away first, so a half-deleted folder never looks complete.
+count (`list_checkpoints`, cheap: listing and rotation); others are skipped with a log line
+saying why. A checkpoint about to be used is verified against its checksums as well
+(`newest_checkpoint`, `incomplete_reason`): a damaged one (a flipped bit, a file changed
+after it was written) is skipped the same way, so a rerun resumes from the one before.
+Manifests of older seqtune versions have no checksums: their sizes are checked only.
+Deleting (rotation) renames a checkpoint away first, so a half-deleted folder never
+looks complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import UserError
 from .runtime import is_main_process
@@ -74,13 +82,57 @@ def _files_with_sizes(folder: str) -> dict[str, int]:
     return sizes
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(8 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:  # hashlib.file_digest is Python 3.11+
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+def _checksums(folder: str, names) -> dict[str, str]:
+    """sha256 of each file; several files at once (hashlib lets go of the GIL: the model and the
+    optimizer state, the big ones, are hashed side by side)."""
+    names = sorted(names)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(names), os.cpu_count() or 1))) as pool:
+        digests = pool.map(lambda name: _sha256(os.path.join(folder, name)), names)
+        return dict(zip(names, digests))
+
+
 def write_manifest(folder: str, step: int, extra: dict | None = None) -> None:
-    """Write the manifest of a staged checkpoint: its files and their sizes (`publish` flushes it all)."""
-    manifest = {"step": step, "files": _files_with_sizes(folder), "written_at": time.time()}
+    """Write the manifest of a staged checkpoint: its files, their sizes and sha256 checksums
+    (`publish` flushes it all)."""
+    sizes = _files_with_sizes(folder)
+    manifest = {"step": step, "files": sizes, "sha256": _checksums(folder, sizes), "written_at": time.time()}
     if extra:
         manifest.update(extra)
     with open(os.path.join(folder, MANIFEST_NAME), "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_normal_mode(path: str, umask: int) -> None:
+    """The mode open() and mkdir() give under the umask: safetensors and tempfile write 0600, which
+    would keep a shared model or checkpoint from colleagues."""
+    try:
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)  # callers skip links
+    except OSError:  # not ours to change (a file system without modes, another owner)
+        pass
 
 
 def publish(staged: str, final: str) -> str:
@@ -88,17 +140,25 @@ def publish(staged: str, final: str) -> str:
 
     The one atomic publish of seqtune: checkpoints, the final model's files and small result
     files all appear this way, so a kill at any instant leaves the old version or the new one.
+    Every file and folder published gets the mode a new one gets under the umask.
     An existing folder at `final` (an incomplete one of a killed run) is renamed away first.
     """
+    umask = _umask()
     if os.path.isdir(staged):
         for root, _, names in os.walk(staged):
             for name in names:
-                _fsync_path(os.path.join(root, name))
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    _give_normal_mode(full, umask)
+                    _fsync_path(full)
+            _give_normal_mode(root, umask)
             _fsync_path(root)
         if os.path.isdir(final):
             _remove_tree(final)
         os.rename(staged, final)
     else:
+        if not os.path.islink(staged):
+            _give_normal_mode(staged, umask)
         _fsync_path(staged)
         os.replace(staged, final)
     _fsync_path(os.path.dirname(os.path.abspath(final)))
@@ -116,32 +176,78 @@ def publish_checkpoint(staged: str, output_dir: str, step: int, extra: dict | No
     return final
 
 
-def incomplete_reason(folder: str) -> str | None:
-    """Why `folder` is not a complete checkpoint, or None when it is."""
+def _read_manifest(folder: str) -> tuple[dict | None, str | None]:
+    """(manifest, None), or (None, why it cannot be used)."""
     manifest_path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isfile(manifest_path):
-        return f"no {MANIFEST_NAME} (it was not written completely, or not by seqtune)"
+        return None, f"no {MANIFEST_NAME} (it was not written completely, or not by seqtune)"
     try:
         with open(manifest_path, encoding="utf-8") as handle:
             manifest = json.load(handle)
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"its {MANIFEST_NAME} is unreadable"
-    for name, size in files.items():
+        files, checksums = manifest["files"], manifest.get("sha256", {})
+        if not all(isinstance(size, int) for size in files.values()):
+            raise TypeError("sizes")
+        if not isinstance(checksums, dict) or not all(isinstance(digest, str) for digest in checksums.values()):
+            raise TypeError("checksums")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, f"its {MANIFEST_NAME} is unreadable"
+    return manifest, None
+
+
+def incomplete_reason(folder: str, verify: bool = True) -> str | None:
+    """Why `folder` is not a complete, intact checkpoint, or None when it is.
+
+    `verify=False` checks only that every file is there with its recorded size (cheap: for
+    listing and rotation); by default each file's checksum is compared as well (`damage_reason`).
+    """
+    manifest, reason = _read_manifest(folder)
+    if reason is not None:
+        return reason
+    for name, size in manifest["files"].items():
         full = os.path.join(folder, name)
         if not os.path.isfile(full):
             return f"{name} is missing"
         if os.path.getsize(full) != size:
             return f"{name} has {os.path.getsize(full)} bytes, expected {size}"
+    return damage_reason(folder, manifest) if verify else None
+
+
+def damage_reason(folder: str, manifest: dict | None = None) -> str | None:
+    """Which file of a checkpoint no longer matches the sha256 recorded when it was written, or None.
+
+    Reads every file (seconds for a large model): only for a checkpoint about to be used. A
+    manifest of an older seqtune without checksums passes (its sizes are checked by `incomplete_reason`).
+    """
+    if manifest is None:
+        manifest, reason = _read_manifest(folder)
+        if reason is not None:
+            return reason
+    checksums = manifest.get("sha256") or {}
+    present = [name for name in checksums if os.path.isfile(os.path.join(folder, name))]
+    if len(present) < len(checksums):
+        missing = sorted(set(checksums) - set(present))[0]
+        return f"{missing} is missing"
+    try:
+        actual = _checksums(folder, present)
+    except OSError as error:
+        return f"{os.path.relpath(error.filename or folder, folder)} cannot be read ({error.strerror or error})"
+    for name in sorted(present):
+        if actual[name] != checksums[name]:
+            return f"{name} does not match its checksum"
     return None
 
 
 def is_complete(folder: str) -> bool:
-    return os.path.isdir(folder) and incomplete_reason(folder) is None
+    """Cheap: the manifest is there and every file has its recorded size (checksums: `incomplete_reason`)."""
+    return os.path.isdir(folder) and incomplete_reason(folder, verify=False) is None
 
 
 def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
-    """Complete checkpoints in `output_dir`, oldest first; incomplete ones are logged and skipped."""
+    """Complete checkpoints in `output_dir`, oldest first; incomplete ones are logged and skipped.
+
+    Cheap (sizes only, no checksums): for listing and rotation. To pick a checkpoint to use,
+    call `newest_checkpoint`, which verifies it.
+    """
     if not os.path.isdir(output_dir):
         return []
     found = []
@@ -150,7 +256,7 @@ def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
         folder = os.path.join(output_dir, name)
         if step is None or not os.path.isdir(folder):
             continue
-        reason = incomplete_reason(folder)
+        reason = incomplete_reason(folder, verify=False)
         if reason is None:
             found.append((step, folder))
         elif warn:
@@ -158,9 +264,18 @@ def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
     return [folder for _, folder in sorted(found)]
 
 
-def newest_checkpoint(output_dir: str) -> str | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+def newest_checkpoint(output_dir: str, verify: bool = True) -> str | None:
+    """The newest complete checkpoint whose files match their checksums (the one to resume from).
+
+    Incomplete and damaged ones are skipped with a log line saying why; the checksums of
+    older ones are read only while newer ones fail. `verify=False`: sizes only.
+    """
+    for folder in reversed(list_checkpoints(output_dir)):
+        reason = damage_reason(folder) if verify else None
+        if reason is None:
+            return folder
+        logger.warning("Skipping %s: damaged checkpoint (%s).", folder, reason)
+    return None
 
 
 def _remove_tree(folder: str) -> None:
@@ -218,6 +333,137 @@ def clean_leftovers(output_dir: str) -> None:
                     os.remove(path)
                 except OSError:
                     pass
+
+
+# --------------------------------------------------------------------------- the model a checkpoint holds
+
+# Where the Trainer (save_pretrained) and Accelerate (save_state: model 0) put the model's weights.
+MODEL_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+def _plain_name(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name
+
+
+def _file_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:  # the header only: no tensor is read
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    import torch
+
+    state = torch.load(path, map_location="meta", weights_only=True, mmap=True)  # shapes, no data
+    return {name: tuple(tensor.shape) for name, tensor in state.items() if hasattr(tensor, "shape")}
+
+
+def checkpoint_weight_shapes(checkpoint: str) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+    """(the model file, {weight name: shape}) of the model saved in `checkpoint`, read without
+    loading a tensor; None when it holds no model file seqtune knows (FSDP's sharded state, say)."""
+    for name in MODEL_WEIGHT_FILES:
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if name.endswith(".index.json"):
+                with open(path, encoding="utf-8") as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            else:
+                shards = [name]
+            shapes = {}
+            for shard in shards:
+                shapes.update(_file_weight_shapes(os.path.join(checkpoint, shard)))
+        except Exception as error:  # safetensors, torch and json each raise their own types
+            raise UserError(
+                f"checkpoint {checkpoint}: {name} cannot be read ({type(error).__name__}: {error}). "
+                f"Fix: resume from an earlier checkpoint (--resume_from_checkpoint), or pass "
+                f"--overwrite_output_dir (or another --output_dir) to start afresh."
+            ) from None
+        return name, shapes
+    return None
+
+
+def _storage_key(tensor) -> tuple | None:
+    if tensor.numel() == 0 or tensor.device.type == "meta":
+        return None
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+
+
+def untied_missing_keys(model, missing_keys) -> list[str]:
+    """The weights of `missing_keys` that are not tied to a weight that is there.
+
+    Tied weights (T5's and BART's shared embeddings and output layer) are saved once; loading
+    the one saved fills the others, which share its storage.
+    """
+    missing = set(missing_keys)
+    present = {}
+    state = model.state_dict(keep_vars=True)
+    for name, tensor in state.items():
+        key = _storage_key(tensor)
+        if key is not None and name not in missing:
+            present.setdefault(key, name)
+    return [name for name in missing_keys if name not in state or _storage_key(state[name]) not in present]
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(str(size) for size in shape) + "]"
+
+
+def check_same_model(checkpoint: str, model, model_name: str | None = None) -> None:
+    """Refuse to resume from a checkpoint of another model than `model` (a T5 run's output dir reused
+    with a BART model, say): the resume would end in a size-mismatch traceback, or train a half-loaded model.
+
+    Compares the names and shapes of the checkpoint's saved weights (read from the file headers)
+    with the model's; weights tied to a saved one, and those the model never saves, may be absent.
+    """
+    found = checkpoint_weight_shapes(checkpoint)
+    if found is None:
+        return
+    _, saved = found
+    there = {_plain_name(name): shape for name, shape in saved.items()}
+    state = model.state_dict(keep_vars=True)
+    here = {
+        _plain_name(name): tuple(getattr(tensor, "ds_shape", tensor.shape))  # DeepSpeed ZeRO-3: the full shape
+        for name, tensor in state.items()
+    }
+    difference = None
+    for name in sorted(there):
+        if name in here and 0 not in there[name] and 0 not in here[name] and there[name] != here[name]:
+            difference = (name, _shape_text(there[name]), _shape_text(here[name]))
+            break
+    if difference is None:
+        absent = sorted(name for name in there if name not in here)
+        if absent:
+            difference = (absent[0], _shape_text(there[absent[0]]), "absent")
+    if difference is None:
+        ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_save", None) or [])]
+        not_saved = [name for name in state if _plain_name(name) not in there]
+        not_saved = [
+            name
+            for name in untied_missing_keys(model, not_saved)
+            if not any(pattern.search(name) for pattern in ignored)
+        ]
+        if not_saved:
+            name = _plain_name(sorted(not_saved)[0])
+            difference = (name, "absent", _shape_text(here[name]))
+    if difference is None:
+        return
+    name, there_text, here_text = difference
+    model_name = model_name or getattr(model, "name_or_path", None) or type(model).__name__
+    raise UserError(
+        f"checkpoint {checkpoint} holds a different model than --model_name_or_path {model_name} "
+        f"(weight '{name}' is {there_text} there, {here_text} here). Fix: resume with the model the run "
+        f"started from, or pass --overwrite_output_dir (or another --output_dir) to start afresh."
+    )
 
 
 # --------------------------------------------------------------------------- each recipe's checkpoints

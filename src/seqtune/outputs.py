@@ -59,6 +59,34 @@ OWN_FILES = {
     "report_examples.jsonl",
     "runs",  # TensorBoard event files (--report_to tensorboard)
 }
+# Every top-level name a run may write besides the final model's files. A run claims them in its
+# record (the run marker's "files") when it starts; only recorded names are ever deleted.
+RUN_FILES = OWN_FILES | {
+    "plot_training_loss.png",
+    "plot_learning_rate.png",
+    "plot_eval_loss.png",
+    "plot_eval_rouge.png",
+}
+# Names save_pretrained writes for a model and its tokenizer: a user's file of such a name would be
+# written over by the final model, so --overwrite_output_dir refuses to start over one.
+MODEL_FILE_NAMES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+}
+_held_locks: dict[str, int] = {}  # output dir -> open file descriptor holding its lock
 
 
 # --------------------------------------------------------------------------- output dir
@@ -100,6 +128,8 @@ def prepare_output_dir(
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise UserError(f"--output_dir {output_dir} is a file. Fix: pass a folder path.")
+    if os.path.isdir(output_dir):
+        lock_output_dir(output_dir)  # before anything in it is read, cleaned or removed
 
     if resume_from_checkpoint:
         path = os.path.expanduser(resume_from_checkpoint)
@@ -131,6 +161,7 @@ def prepare_output_dir(
 
     if overwrite:
         if is_main_process():
+            _refuse_to_write_over_foreign_files(output_dir)
             remove_own_files(output_dir)
         barrier()
         _check_writable(output_dir)
@@ -190,22 +221,68 @@ def _check_writable(output_dir: str) -> None:
         )
 
 
-def remove_own_files(output_dir: str) -> None:
-    """Delete what seqtune wrote in `output_dir` (checkpoints, results, model files); keep the rest."""
+def seqtunes_files(output_dir: str) -> set[str]:
+    """The top-level names seqtune wrote in `output_dir`, from its record (besides checkpoints and leftovers).
+
+    Runs of seqtune before the record existed are recognised by their file names, as they were then.
+    """
+    marker = _read_run_marker(output_dir)
+    if marker is None:
+        return set()
+    model_files = set(marker.get("model_files", []))
+    if "files" not in marker:  # an older seqtune's run
+        return {
+            name
+            for name in os.listdir(output_dir)
+            if name in OWN_FILES or name in model_files or (name.startswith("plot_") and name.endswith(".png"))
+        }
+    return set(marker["files"]) | model_files | {RUN_MARKER}
+
+
+def _is_seqtune_checkpoint(output_dir: str, name: str) -> bool:
+    """A checkpoint folder seqtune wrote: it has seqtune's manifest, or lies in a seqtune run's folder
+    (a killed run's incomplete one)."""
+    path = os.path.join(output_dir, name)
+    if checkpoint_step(name) is None or not os.path.isdir(path):
+        return False
+    return os.path.exists(os.path.join(path, MANIFEST_NAME)) or _read_run_marker(output_dir) is not None
+
+
+def _refuse_to_write_over_foreign_files(output_dir: str) -> None:
+    """--overwrite_output_dir starts afresh over seqtune's files only: a user's file of a name the run
+    writes (README.md, config.json, ...) would be lost, so the run stops before anything is written."""
+    own = seqtunes_files(output_dir)
+    at_risk = [
+        name
+        for name in _entries(output_dir)
+        if name not in own
+        and checkpoint_step(name) is None
+        and (name in RUN_FILES or name in MODEL_FILE_NAMES or (name.startswith("plot_") and name.endswith(".png")))
+    ]
+    if at_risk:
+        raise UserError(
+            f"--output_dir {output_dir} holds files seqtune did not write but would write over: "
+            f"{', '.join(at_risk)}. Fix: move them out of the folder, or choose another --output_dir."
+        )
+
+
+def remove_own_files(output_dir: str) -> list[str]:
+    """Delete what seqtune wrote in `output_dir` (by its record: checkpoints, results, model files); keep the
+    rest. Returns the names removed."""
     clean_leftovers(output_dir)
-    model_files = _final_model_files(output_dir)
-    for name in os.listdir(output_dir):
+    own = seqtunes_files(output_dir)
+    removed = []
+    for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
-        if checkpoint_step(name) is not None and os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        elif _is_own_file(name, model_files):
-            os.remove(path) if os.path.isfile(path) else shutil.rmtree(path, ignore_errors=True)
-    logger.info("--overwrite_output_dir: removed seqtune's earlier files from %s.", output_dir)
-
-
-def _is_own_file(name: str, model_files: set[str]) -> bool:
-    """A top-level file seqtune writes (not a checkpoint): results, card, report, plots, final model."""
-    return name in OWN_FILES or name in model_files or (name.endswith(".png") and name.startswith("plot_"))
+        if name in own or _is_seqtune_checkpoint(output_dir, name):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(name)
+    shown = ", ".join(removed[:12]) + (f", ... ({len(removed)} in all)" if len(removed) > 12 else "")
+    logger.info("--overwrite_output_dir: removed seqtune's earlier files from %s: %s.", output_dir, shown or "none")
+    return removed
 
 
 def shareable_files(output_dir: str) -> list[str]:
@@ -214,18 +291,54 @@ def shareable_files(output_dir: str) -> list[str]:
     seqtune's own top-level files (final model, card, results, predictions, report, plots);
     never checkpoints, the run marker, half-written files, or anything else kept in the folder.
     """
-    model_files = _final_model_files(output_dir)
+    own = seqtunes_files(output_dir)
     return sorted(
         name
         for name in os.listdir(output_dir)
-        if name != RUN_MARKER and os.path.isfile(os.path.join(output_dir, name)) and _is_own_file(name, model_files)
+        if name != RUN_MARKER and name in own and os.path.isfile(os.path.join(output_dir, name))
     )
 
 
-def _final_model_files(output_dir: str) -> set[str]:
-    """Names of the final model's files recorded by the last run (so overwrite removes only those)."""
-    marker = _read_run_marker(output_dir) or {}
-    return set(marker.get("model_files", []))
+def record_files(output_dir: str, names) -> None:
+    """Add `names` (top-level entries this run wrote) to the run's record, so that seqtune can tell its
+    files from the user's later (--overwrite_output_dir removes recorded files only)."""
+    if not is_main_process():
+        return
+    marker = _read_run_marker(output_dir)
+    if marker is None:
+        return
+    recorded = set(marker.get("files", []))
+    if not set(names) - recorded:
+        return
+    marker["files"] = sorted(recorded | set(names))
+    atomic_write_json(os.path.join(output_dir, RUN_MARKER), marker)
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """One run per output folder: an exclusive lock on the folder itself, held until the run ends (the
+    kernel drops it when a run is killed, so nothing stays stuck; no lock file is left). Main process only."""
+    import fcntl
+
+    output_dir = os.path.abspath(output_dir)
+    if not is_main_process() or output_dir in _held_locks:
+        return
+    descriptor = os.open(output_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise UserError(
+            f"another seqtune run is using --output_dir {output_dir} right now. "
+            f"Fix: wait for it to end, or choose another --output_dir."
+        ) from None
+    _held_locks[output_dir] = descriptor
+
+
+def unlock_output_dir(output_dir: str) -> None:
+    """Let the next run in (at the end of a run; a process that ends releases it anyway)."""
+    descriptor = _held_locks.pop(os.path.abspath(output_dir), None)
+    if descriptor is not None:
+        os.close(descriptor)
 
 
 def mark_run_started(output_dir: str, argv: list[str], arguments: list) -> None:
@@ -233,7 +346,13 @@ def mark_run_started(output_dir: str, argv: list[str], arguments: list) -> None:
     if not is_main_process():
         return
     os.makedirs(output_dir, exist_ok=True)
+    lock_output_dir(output_dir)  # a folder created just now by this run
+    own = seqtunes_files(output_dir)
     marker = _read_run_marker(output_dir) or {}
+    # The record starts here; every writer adds what it writes (record_files). TensorBoard's folder is
+    # written by the libraries, so this run claims it now when it is not there yet.
+    tensorboard = set() if os.path.exists(os.path.join(output_dir, "runs")) else {"runs"}
+    marker["files"] = sorted(set(marker.get("files", [])) | own | tensorboard | {RUN_MARKER, ARGS_FILE})
     marker.update(
         {
             "status": "running",
@@ -299,10 +418,13 @@ def arguments_as_dict(arguments: list) -> dict:
 
 def atomic_write_text(path: str, text: str) -> None:
     temporary = temporary_path(path)
-    with guarded_save(os.path.basename(path), os.path.dirname(os.path.abspath(path)), staged=temporary):
+    folder = os.path.dirname(os.path.abspath(path))
+    with guarded_save(os.path.basename(path), folder, staged=temporary):
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
         publish(temporary, path)
+    if os.path.basename(path) != RUN_MARKER:
+        record_files(folder, [os.path.basename(path)])  # in a run's output dir: a file seqtune wrote
 
 
 def atomic_write_json(path: str, data) -> None:
@@ -348,6 +470,7 @@ def write_predictions(output_dir: str, predictions) -> int:
                 handle.write(" ".join(prediction.split()) + "\n")
                 count += 1
         publish(temporary, path)
+    record_files(output_dir, [PREDICTIONS_FILE])
     return count
 
 
@@ -374,6 +497,7 @@ def save_final_model(model_saver, output_dir: str) -> list[str]:
         shutil.rmtree(staging, ignore_errors=True)
         if not os.listdir(os.path.dirname(staging)):
             os.rmdir(os.path.dirname(staging))
+        record_files(output_dir, names)
     barrier()
     return names
 

@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from ..arguments import DataArguments, ModelArguments
 from ..card import write_model_card
+from ..checkpoints import check_same_model
 from ..data import RawData, load_raw_data, tokenize_splits, wanted_splits
 from ..modeling import load_model_and_tokenizer, remember_summarization_settings
 from ..outputs import (
@@ -27,6 +28,7 @@ from ..outputs import (
     mark_run_started,
     prepare_output_dir,
     redacted_command,
+    unlock_output_dir,
     write_results,
 )
 from ..progress import configure_library_progress, phase
@@ -76,6 +78,8 @@ def set_up_run(
             data_args, model_args, wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
         )
     tokenizer, model = load_model_and_tokenizer(model_args, data_args)
+    if resume_from:  # a checkpoint of another model: refused before anything is written
+        check_same_model(resume_from, model, model_args.model_name_or_path)
     remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
     mark_run_started(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
@@ -154,3 +158,4 @@ def wrap_up_run(
     logger.info("Outputs are in %s", os.path.abspath(output_dir))
     if hub is not None:
         hub.push_final(output_dir)
+    unlock_output_dir(output_dir)

@@ -17,14 +17,14 @@ from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
 from .. import checkpoints, progress
-from ..arguments import DataArguments, ModelArguments, TrainerArguments, parse_arguments
+from ..arguments import DataArguments, ModelArguments, TrainerArguments, changed_arguments, parse_arguments
 from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
 from ..errors import exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
 from ..losses import example_loss_sums, mean_token_loss, token_summed_loss
 from ..metrics import decode_token_ids, summary_metrics
-from ..outputs import save_final_model
+from ..outputs import record_files, save_final_model
 from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from ..report import RunLog, RunLogCallback
 from ..runtime import setup_logging
@@ -198,6 +198,16 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     def _save_checkpoint(self, model, trial) -> None:
         checkpoints.save_trainer_checkpoint(self, lambda: super(SeqtuneTrainer, self)._save_checkpoint(model, trial))
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Tied weights (T5's and BART's shared embeddings and output layer) are saved once and the
+        # load fills them through the one saved; transformers still warns "There were missing keys
+        # in the checkpoint model loaded: [...embed_tokens..., lm_head]" at every resume. Only
+        # weights that are really missing are reported.
+        if hasattr(load_result, "_replace") and load_result.missing_keys:
+            missing = checkpoints.untied_missing_keys(self.model, load_result.missing_keys)
+            load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
+
 
 def build_compute_metrics(tokenizer):
     def compute_metrics(eval_prediction):
@@ -217,7 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     setup_logging(training_args.log_level)
     prepare_trainer_arguments(training_args)  # a non-fused optimizer on TPUs
-    logger.info("Training/evaluation parameters: %s", training_args.to_dict() | {"hub_token": None})
+    logger.info(
+        "Training arguments that differ from the defaults (all: seqtune_args.json): %s",
+        changed_arguments(training_args),
+    )
     hub = HubPusher.from_arguments(training_args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
         model_args, data_args, training_args, argv=argv, main_process_first=training_args.main_process_first, hub=hub
@@ -237,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         record_results(output_dir, "train", metrics, results)
         if trainer.is_world_process_zero():
             trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
+            record_files(output_dir, ["trainer_state.json"])
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
         metrics = trainer.evaluate(metric_key_prefix="eval")
