@@ -2,6 +2,7 @@
 # Mixed-precision check for a GPU machine: both training scripts, fp32 / fp16 / bf16.
 #
 #   scripts/gpu_check.sh [WORKDIR]            # STEPS=40 BATCH=32 SIZE=small by default
+#   scripts/gpu_check.sh -h | --help          # this text
 #
 # Self-contained and offline: a small random T5 and a synthetic corpus are built with
 # seqtune.demo's builders into WORKDIR (a fresh temporary folder by default); each run
@@ -13,17 +14,38 @@
 # (WORKDIR/<script>-<precision>.log).
 set -uo pipefail
 
+usage() {  # the comment block above, without its leading '# '
+  sed -n '2,/^set -uo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+}
+
+# Options first, before anything is created: -h/--help, '--' ends the options, at most one WORKDIR.
+POSITIONAL=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --) shift; POSITIONAL+=("$@"); break ;;
+    -*) echo "gpu_check.sh: unknown option '$1'. Usage: scripts/gpu_check.sh [WORKDIR] (-h for help)" >&2; exit 2 ;;
+    *) POSITIONAL+=("$1"); shift ;;
+  esac
+done
+set -- ${POSITIONAL[@]+"${POSITIONAL[@]}"}
+if [ $# -gt 1 ]; then
+  echo "gpu_check.sh: one WORKDIR at most, got $#: $*. Usage: scripts/gpu_check.sh [WORKDIR] (-h for help)" >&2
+  exit 2
+fi
+WORK_ARG="${1:-}"
+
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-WORK="${1:-$(mktemp -d -t seqtune-gpu-check-XXXXXX)}"
+WORK="${WORK_ARG:-$(mktemp -d -t seqtune-gpu-check-XXXXXX)}"
 STEPS="${STEPS:-40}"
 BATCH="${BATCH:-32}"
 SIZE="${SIZE:-small}"          # tiny (d_model 64) or small (d_model 256, 4 layers)
 RUN_LIMIT="${RUN_LIMIT:-300}"  # seconds per run
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$WORK"
+mkdir -p -- "$WORK"
 
 "$PY" - "$WORK" "$SIZE" <<'EOF'
 import sys

@@ -133,7 +133,12 @@ def run_script(
     command = (launcher or [sys.executable]) + [script] + [str(a) for a in args]
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+    result = subprocess.run(command, capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
+    # Decoded without newline translation (text=True turns every "\r" into "\n"): tests look for
+    # carriage returns in logs that are not a terminal.
+    result.stdout = result.stdout.decode("utf-8", "replace")
+    result.stderr = result.stderr.decode("utf-8", "replace")
+    return result
 
 
 def free_port() -> int:

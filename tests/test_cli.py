@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from seqtune import __version__
 from seqtune.cli import COMMANDS
 
 EXPECTED_COMMANDS = {"demo", "train", "train-loop", "report", "summarize"}
@@ -23,7 +24,7 @@ def seqtune(*args: str) -> subprocess.CompletedProcess:
 
 
 def choices_in_usage(text: str) -> set[str]:
-    match = re.search(r"usage: seqtune \[-h\] \{([^}]*)\}", text)
+    match = re.search(r"usage: seqtune \[-h\] \[--version\] \{([^}]*)\}", text)
     assert match, text
     return set(match.group(1).split(","))
 
@@ -84,3 +85,10 @@ def test_report_on_a_folder_without_a_run_is_one_error_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("seqtune: error:") and "holds no seqtune run" in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # nothing written
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    result = seqtune("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"seqtune {__version__}\n" == "seqtune 0.1.0\n"
+    assert result.stderr == ""

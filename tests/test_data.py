@@ -7,9 +7,17 @@ import logging
 
 import pandas as pd
 import pytest
+from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, run_script
 
-from seqtune.arguments import DataArguments, ModelArguments
-from seqtune.data import load_raw_data, resolve_columns, tokenize_splits
+from seqtune.arguments import DataArguments, LoopArguments, ModelArguments, TrainerArguments
+from seqtune.data import (
+    LOOP_SPLIT_NEEDS,
+    TRAINER_SPLIT_NEEDS,
+    load_raw_data,
+    resolve_columns,
+    split_needs,
+    tokenize_splits,
+)
 from seqtune.errors import UserError
 
 ROWS = [{"text": f"document number {i} says something .", "summary": f"summary {i} ."} for i in range(10)]
@@ -125,7 +133,7 @@ def test_malformed_csv_row_names_the_line(tmp_path):
 def test_unclosed_csv_quote_is_reported(tmp_path):
     path = write(tmp_path / "d.csv", 'text,summary\nfine,ok\n"never closed,ok\n')
     message = error_of(train_file=path)
-    assert "d.csv, line 3" in message and "malformed CSV" in message and "close every double quote" in message
+    assert "d.csv, line 3, column 1" in message and "never closed" in message and "close the quote" in message
 
 
 def test_bad_json_line_names_line_and_column(tmp_path):
@@ -229,3 +237,86 @@ def test_length_grouped_order_pads_little_and_does_not_walk_from_long_to_short()
     longest = [max(lengths[i] for i in b) for b in batches[:-1]]
     rises = sum(after > before for before, after in zip(longest, longest[1:]))
     assert 0.35 < rises / (len(longest) - 1) < 0.65
+
+
+# --------------------------------------------------------------------------- where a CSV quote opens
+
+
+def test_unclosed_csv_quote_names_the_line_where_it_opens_not_the_end_of_the_file(tmp_path):
+    lines = ["text,summary", "first document,first summary", '"third line opens a quote,summary']
+    lines += [f"document {n},summary {n}" for n in range(4, 11)]  # 10 lines: the file ends inside the quote
+    path = write(tmp_path / "d.csv", "\n".join(lines) + "\n")
+    message = error_of(train_file=path)
+    assert message.startswith(f"{path}, line 3, column 1: this double quote opens a field that is never closed")
+    assert "line 10" not in message and 'write quotes inside a field as ""' in message
+
+
+def test_unclosed_quote_after_escaped_quotes_and_a_quoted_line_break(tmp_path):
+    text = 'text,summary\n"a ""quoted"" word",ok\n"two\nlines",ok\nfine,"never closed\nmore\n'
+    message = error_of(train_file=write(tmp_path / "d.csv", text))
+    assert "d.csv, line 5, column 6: this double quote opens a field that is never closed" in message
+
+
+def test_csv_error_inside_a_row_that_spans_lines_names_where_the_row_starts(tmp_path):
+    path = write(tmp_path / "d.csv", 'text,summary\nok,"spans\ntwo lines" then text\nfine,ok\n')
+    message = error_of(train_file=path)
+    assert "d.csv, line 3: malformed CSV" in message and "this row starts on line 2" in message
+
+
+# --------------------------------------------------------------------------- which flag a missing split blames
+
+
+def test_missing_validation_split_blames_what_the_script_does(files):
+    kwargs = dict(train_file=files["csv"])
+    loop = split_needs(LoopArguments(output_dir="unused"))
+    trainer = split_needs(TrainerArguments(output_dir="unused", do_eval=True, report_to="none"))
+    assert loop is LOOP_SPLIT_NEEDS and trainer is TRAINER_SPLIT_NEEDS
+
+    with pytest.raises(UserError) as info:
+        load_raw_data(DataArguments(**kwargs), ModelArguments(), ["train", "validation"], needs=loop)
+    assert str(info.value) == (
+        "the Accelerate script (run_summarization_no_trainer.py) evaluates after every epoch and needs a "
+        "validation split. Fix: pass --validation_file."
+    )
+    with pytest.raises(UserError) as info:
+        load_raw_data(DataArguments(**kwargs), ModelArguments(), ["train", "validation"], needs=trainer)
+    assert str(info.value).startswith("--do_eval (also set by --eval_strategy steps or epoch) needs a validation")
+    assert str(info.value).endswith("Fix: pass --validation_file.")
+
+
+def test_missing_split_of_a_named_data_set_says_which_splits_it_has(tmp_path, isolated_hf_home):
+    from conftest import cnn_rows, write_hub_layout
+
+    folder = write_hub_layout(tmp_path, "cnn_dailymail", {"train": cnn_rows(4, seed=0)})
+    with pytest.raises(UserError) as info:
+        load_raw_data(
+            DataArguments(dataset_name=str(folder), dataset_config_name="3.0.0"),
+            ModelArguments(),
+            ["train", "validation"],
+            needs=LOOP_SPLIT_NEEDS,
+        )
+    message = str(info.value)
+    assert "evaluates after every epoch" in message and "has only the splits train." in message
+    assert "Fix: choose a data set (or --dataset_config_name) with a validation split" in message
+
+
+def test_no_trainer_script_without_validation_data_does_not_blame_do_eval(t5_model, corpus_files, tmp_path):
+    """The loop always evaluates: its message must not name --do_eval, a flag it does not have."""
+    result = run_script(
+        LOOP_SCRIPT,
+        ["--model_name_or_path", t5_model, "--train_file", corpus_files["train"], "--output_dir", tmp_path / "o"],
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("seqtune: error: ")]
+    assert len(error) == 1 and "Traceback" not in result.stderr
+    assert "run_summarization_no_trainer.py" in error[0] and "after every epoch" in error[0]
+    assert "--validation_file" in error[0] and "--do_eval needs" not in error[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_trainer_script_do_eval_without_validation_data_names_do_eval(t5_model, corpus_files, tmp_path):
+    args = ["--model_name_or_path", t5_model, "--train_file", corpus_files["train"], "--output_dir", tmp_path / "o"]
+    result = run_script(TRAINER_SCRIPT, [*args, "--do_train", "--do_eval"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("seqtune: error: ")]
+    assert len(error) == 1 and "--do_eval" in error[0] and "Fix: pass --validation_file." in error[0]

@@ -298,3 +298,48 @@ def test_summarization_settings_returns_a_copy():
 )
 def test_is_prefix_model(config, name, expected):
     assert is_prefix_model(config, name) is expected
+
+
+# --------------------------------------------------------------------------- a folder that is not a model
+
+
+def test_empty_folder_as_model_says_it_holds_no_model_not_network(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    for name in ("my-model", str(tmp_path / "my-model")):  # a bare name that is a folder here, and a path
+        with pytest.raises(UserError) as excinfo:
+            load_seq2seq(ModelArguments(model_name_or_path=name))
+        message = str(excinfo.value)
+        assert message.startswith(f"--model_name_or_path {name} is an empty folder: no model to load")
+        assert "config.json" in message and "save_pretrained" in message and "google-t5/t5-small" in message
+        assert "network" not in message and "--token" not in message
+
+
+def test_run_folder_without_a_final_model_points_at_its_newest_checkpoint(t5_model, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    for step in (5, 20):
+        shutil.copytree(t5_model, run / f"checkpoint-{step}")
+    (run / "log_history.jsonl").write_text("")
+    with pytest.raises(UserError) as excinfo:
+        load_seq2seq(ModelArguments(model_name_or_path=str(run)))
+    message = str(excinfo.value)
+    assert message.startswith(f"--model_name_or_path {run} holds no model (config.json is missing). Fix: ")
+    assert f"pass its newest checkpoint ({run / 'checkpoint-20'})" in message
+    tokenizer, model = load_seq2seq(ModelArguments(model_name_or_path=str(run / "checkpoint-20")))  # the fix works
+    assert model.config.is_encoder_decoder
+
+
+def test_folder_with_a_config_but_no_weights_gets_a_folder_fix(t5_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / "half-copied"
+    shutil.copytree(t5_model, folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(UserError) as excinfo:
+        load_seq2seq(ModelArguments(model_name_or_path=str(folder)))
+    message = str(excinfo.value)
+    assert message.startswith(f"could not load the model from {str(folder)!r}: ")
+    assert "Fix: the folder must hold what save_pretrained writes" in message and "network" not in message
+    assert ".. Fix" not in message  # the library's own full stop is not doubled

@@ -121,3 +121,31 @@ def test_only_the_main_process_shows_progress(monkeypatch, caplog):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("SEQTUNE_PROGRESS", "lines")
     assert progress_mode() == "lines"
+
+
+SAVE_A_MODEL = """
+import sys
+from seqtune.progress import configure_library_progress
+print(configure_library_progress())
+from seqtune.demo import make_base_model
+make_base_model(sys.argv[1])
+"""
+
+
+def test_library_bars_are_silenced_in_lines_mode_and_kept_for_bars(tmp_path):
+    """transformers draws a bar while it saves a model ("Writing model shards", with carriage returns):
+    not in a log (lines mode, as in `seqtune demo` writing its base model), but on a terminal (bar mode)."""
+    env = {k: v for k, v in os.environ.items() if k != "SEQTUNE_PROGRESS"}
+    outputs = {}
+    for mode in ("", "bar"):  # "": stderr is a pipe, so lines mode by default
+        result = subprocess.run(
+            [sys.executable, "-c", SAVE_A_MODEL, str(tmp_path / (mode or "lines"))],
+            capture_output=True,  # bytes: text mode would turn every "\r" into "\n"
+            timeout=300,
+            env=dict(env, SEQTUNE_PROGRESS=mode),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[mode] = result
+    assert outputs[""].stdout.strip() == b"lines" and outputs["bar"].stdout.strip() == b"bar"
+    assert b"\r" not in outputs[""].stderr and b"Writing model shards" not in outputs[""].stderr
+    assert b"\r" in outputs["bar"].stderr and b"Writing model shards" in outputs["bar"].stderr

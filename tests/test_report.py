@@ -368,3 +368,29 @@ def test_seqtune_report_refuses_a_folder_without_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_shows_a_command_line_that_pastes_back_unchanged(tmp_path):
+    """`--source_prefix "summarize: "` keeps its trailing space when the shown command is pasted into a shell."""
+    import shlex
+
+    out = tmp_path / "my run"
+    out.mkdir()
+    command = [
+        "run_summarization.py",
+        "--source_prefix",
+        "summarize: ",
+        "--output_dir",
+        str(out),
+        "--text_column",
+        "it's",
+        "--hub_token",
+        "<redacted>",
+    ]
+    (out / "seqtune_run.json").write_text(json.dumps({"status": "running", "started_at": 0, "command": command}))
+    page = (out / "report.html").read_text() if report.build_report(str(out)) else ""
+    shown = re.search(r"<p><code>(.*?)</code></p>", page)
+    assert shown, page[:2000]
+    assert shlex.split(html.unescape(shown.group(1))) == command
+    rebuild = re.search(r"Rebuild with <code>seqtune report (.*?)</code>", page)
+    assert shlex.split(html.unescape(rebuild.group(1))) == [str(out)]

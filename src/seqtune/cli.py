@@ -1,10 +1,13 @@
 """The `seqtune` command: `seqtune demo`, `seqtune train ...` (the Trainer script),
-`seqtune train-loop ...` (the Accelerate script), `seqtune report`, `seqtune summarize`."""
+`seqtune train-loop ...` (the Accelerate script), `seqtune report`, `seqtune summarize`,
+`seqtune --version`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from . import __version__
 
 COMMANDS = {
     "demo": "run the embedded default end to end: tiny model, built-in data, ROUGE before and after",
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = argparse.ArgumentParser(prog="seqtune", description="Fine-tune sequence-to-sequence models.")
+        parser.add_argument("--version", action="version", version=f"seqtune {__version__}")
         parser.add_argument(
             "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items())
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import datasets
 from datasets import DatasetDict
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import DataArguments, LoopArguments, ModelArguments
 from .errors import UserError
 from .progress import phase
 
@@ -50,7 +50,26 @@ KNOWN_COLUMNS = {
 }
 
 SPLIT_FILE_FLAGS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
-SPLIT_NEEDED_BY = {"train": "--do_train", "validation": "--do_eval", "test": "--do_predict"}
+# Why a run needs each split, in the words of the script that runs (see `split_needs`).
+TRAINER_SPLIT_NEEDS = {
+    "train": "--do_train needs a train split",
+    "validation": "--do_eval (also set by --eval_strategy steps or epoch) needs a validation split",
+    "test": "--do_predict needs a test split",
+}
+LOOP_SPLIT_NEEDS = {
+    "train": "the Accelerate script (run_summarization_no_trainer.py) always trains and needs a train split",
+    "validation": "the Accelerate script (run_summarization_no_trainer.py) evaluates after every epoch and "
+    "needs a validation split",
+    "test": "--do_predict needs a test split",
+}
+# When the caller does not say which script runs: right for both.
+ANY_SCRIPT_SPLIT_NEEDS = {
+    "train": "training needs a train split (run_summarization.py trains with --do_train; the Accelerate script "
+    "run_summarization_no_trainer.py always does)",
+    "validation": "evaluation needs a validation split (run_summarization.py evaluates with --do_eval or "
+    "--eval_strategy; the Accelerate script run_summarization_no_trainer.py after every epoch)",
+    "test": "--do_predict needs a test split",
+}
 SPLIT_CAP_FLAGS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
 
 
@@ -86,6 +105,7 @@ def _validate_csv(path: str) -> list[str]:
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     lines = _decoded_lines(path)
     reader = csv.reader((text for _, text in lines), strict=True)
+    record_start = 1
     try:
         header = next(reader, None)
         if header is None or not any(cell.strip() for cell in header):
@@ -101,7 +121,11 @@ def _validate_csv(path: str) -> list[str]:
                 f"{path}, line 1: the header names column {duplicates[0]!r} twice. Fix: give each column its own name."
             )
         rows = 0
-        for row in reader:
+        while True:
+            record_start = reader.line_num + 1  # a row may span lines (a quoted line break)
+            row = next(reader, None)
+            if row is None:
+                break
             if not row:  # a blank line
                 continue
             rows += 1
@@ -111,8 +135,20 @@ def _validate_csv(path: str) -> list[str]:
                     f"found {len(row)}. Fix: quote fields that contain commas or line breaks with double quotes."
                 )
     except csv.Error as error:
+        at_end = next(lines, None) is None  # the reader asked for more lines and got none
+        opened = _unclosed_quote(path) if at_end else None
+        if opened is not None:  # the file ends inside a quoted field: name where it opens, not the last line
+            raise UserError(
+                f"{path}, line {opened[0]}, column {opened[1]}: this double quote opens a field that is never "
+                f'closed (the file ends inside it). Fix: close the quote, and write quotes inside a field as "".'
+            ) from None
+        where = (
+            f" (this row starts on line {record_start}: check the double quotes there)"
+            if record_start < reader.line_num
+            else ""
+        )
         raise UserError(
-            f"{path}, line {reader.line_num}: malformed CSV ({error}). Fix: close every double quote and "
+            f"{path}, line {reader.line_num}: malformed CSV ({error}){where}. Fix: close every double quote and "
             f'write quotes inside a field as "".'
         ) from None
     except UnicodeDecodeError:  # pragma: no cover - _decoded_lines reports it
@@ -120,6 +156,28 @@ def _validate_csv(path: str) -> list[str]:
     if rows == 0:
         raise UserError(f"{path} has a header but no rows: add at least one example.")
     return header
+
+
+def _unclosed_quote(path: str) -> tuple[int, int] | None:
+    """(line, column) of the double quote that opens a field still open at the end of the file, if any.
+
+    Follows the csv module's rules (comma-separated, fields quoted with "...", "" inside them).
+    """
+    state, opened = "start", None  # start of a field, "plain" field, "quoted" field, "quote" seen inside one
+    for number, text in _decoded_lines(path):
+        for column, char in enumerate(text, start=1):
+            if state == "quoted":
+                if char == '"':
+                    state = "quote"
+            elif state == "quote" and char == '"':
+                state = "quoted"  # "" inside a quoted field
+            elif char in ",\r\n":
+                state = "start"
+            elif state == "start" and char == '"':
+                state, opened = "quoted", (number, column)
+            else:
+                state = "plain"
+    return opened if state == "quoted" else None
 
 
 _JSON_TYPE_NAMES = {
@@ -395,8 +453,12 @@ def load_raw_data(
     data_args: DataArguments,
     model_args: ModelArguments,
     wanted: list[str],
+    needs: dict[str, str] | None = None,
 ) -> RawData:
-    """Load the splits the run needs (train/validation/test), validated, filtered and capped."""
+    """Load the splits the run needs (train/validation/test), validated, filtered and capped.
+
+    `needs`: why the run needs each split, for the message when one is missing (`split_needs(run_args)`).
+    """
     have_files = any(getattr(data_args, flag) for flag in SPLIT_FILE_FLAGS.values())
     if data_args.dataset_name is None and not have_files:
         raise UserError(
@@ -417,14 +479,17 @@ def load_raw_data(
         where = paths
         source = ", ".join(os.path.basename(p) for p in paths.values())
 
+    needs = needs or ANY_SCRIPT_SPLIT_NEEDS
     for split in wanted:
         if split not in loaded:
-            how = (
-                f"pass --{SPLIT_FILE_FLAGS[split]}"
-                if data_args.dataset_name is None
-                else f"data set {data_args.dataset_name!r} has only the splits {', '.join(loaded)}"
+            flag = SPLIT_FILE_FLAGS[split]
+            if data_args.dataset_name is None:
+                raise UserError(f"{needs[split]}. Fix: pass --{flag}.")
+            raise UserError(
+                f"{needs[split]}, and data set {data_args.dataset_name!r} has only the splits "
+                f"{', '.join(loaded) or '(none)'}. Fix: choose a data set (or --dataset_config_name) with a {split} "
+                f"split, or pass every split as a file (--train_file, --{flag}, ...) instead of --dataset_name."
             )
-            raise UserError(f"{SPLIT_NEEDED_BY[split]} needs a {split} split: {how}.")
     splits = DatasetDict({split: loaded[split] for split in wanted})
     if not splits:
         raise UserError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
@@ -566,6 +631,12 @@ def build_collator(tokenizer, model, data_args: DataArguments, pad_to_multiple_o
 
 def wanted_splits(do_train: bool, do_eval: bool, do_predict: bool) -> list[str]:
     return [split for split, flag in (("train", do_train), ("validation", do_eval), ("test", do_predict)) if flag]
+
+
+def split_needs(run_args) -> dict[str, str]:
+    """Why a run needs each split, for `load_raw_data(needs=...)`: the Accelerate loop trains and
+    evaluates whatever the flags say (its do_train/do_eval are fixed), the Trainer as asked."""
+    return LOOP_SPLIT_NEEDS if isinstance(run_args, LoopArguments) else TRAINER_SPLIT_NEEDS
 
 
 # --------------------------------------------------------------------------- batching order

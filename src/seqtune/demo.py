@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
+
+from .errors import exit_on_user_error
 
 CITIES = [
     "paris",
@@ -215,9 +218,12 @@ def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "ti
             num_heads=heads,
             relative_attention_num_buckets=shape["buckets"],
             dropout_rate=0.0,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            # T5 itself has no BOS, but the tokenizer defines one (<s>, for BART): declared here, the Trainer
+            # has nothing to align ("The tokenizer has new PAD/BOS/EOS tokens ...") and the saved config is final.
+            bos_token_id=tokenizer.bos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
         )
         model = T5ForConditionalGeneration(config)
@@ -234,11 +240,11 @@ def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "ti
             max_position_embeddings=1024,
             dropout=0.0,
             attention_dropout=0.0,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=3,
-            decoder_start_token_id=1,
-            forced_eos_token_id=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            forced_eos_token_id=tokenizer.eos_token_id,
         )
         model = BartForConditionalGeneration(config)
     else:
@@ -333,11 +339,13 @@ def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> li
     return args
 
 
+@exit_on_user_error(interrupted="seqtune: interrupted. Run the same command again: the demo starts afresh.")
 def main(argv: list[str] | None = None) -> dict:
     """`seqtune demo`: build the tiny world, measure ROUGE, train, measure again."""
     import argparse
     import time
 
+    from .progress import configure_library_progress
     from .recipes.trainer import main as train_main
 
     parser = argparse.ArgumentParser(prog="seqtune demo", description="Run the embedded default end to end.")
@@ -348,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     started = time.time()
+    configure_library_progress()  # before the base model is saved: no tqdm bar ("\r") in a log
     root = os.path.abspath(args.output_dir)
     base_model = make_base_model(os.path.join(root, "base-model"))
     files = make_corpus_files(os.path.join(root, "data"), train=args.train_examples)
@@ -364,4 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  model, checkpoints, results: {run_dir}")
     print(f"  predictions: {os.path.join(run_dir, 'generated_predictions.txt')}")
     print(f"  metrics:     {os.path.join(run_dir, 'all_results.json')}")
+    print(f"  report:      {os.path.join(run_dir, 'report.html')} (plots, metrics, examples)")
+    print("  summarize new texts with the trained model (one .txt file per document):")
+    print(f"    seqtune summarize --model {shlex.quote(run_dir)} article.txt")
     return {"before": before, "after": after, "output_dir": run_dir}

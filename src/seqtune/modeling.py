@@ -18,6 +18,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((os.sep, ".", "~")) or os.path.isabs(name) or name.count("/") > 1
 
 
+SAVED_MODEL_FIX = (
+    "pass a folder written by save_pretrained (a finished run's --output_dir, or one of its checkpoint-N "
+    "folders), or a hub model id such as google-t5/t5-small"
+)
+
+
 def _explain_load_error(kind: str, name: str, error: Exception) -> UserError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     hint = (
@@ -25,12 +31,36 @@ def _explain_load_error(kind: str, name: str, error: Exception) -> UserError:
         if offline
         else "check the name (e.g. google-t5/t5-small) or the folder, your network, and --token for private models"
     )
+    if os.path.isdir(os.path.expanduser(name)):  # a local folder: neither the network nor a token can help
+        hint = (
+            f"the folder must hold what save_pretrained writes (config.json, the weights, the tokenizer files): "
+            f"{SAVED_MODEL_FIX}"
+        )
     if "trust_remote_code" in str(error):
         hint = (
             "the model is defined by code in its repository; read that code, and pass --trust_remote_code "
             "only if you trust it (it runs on your machine)"
         )
-    return UserError(f"could not load the {kind} from {name!r}: {error}. Fix: {hint}.")
+    return UserError(f"could not load the {kind} from {name!r}: {str(error).rstrip('. ')}. Fix: {hint}.")
+
+
+def _check_model_folder(flag: str, folder: str) -> None:
+    """A local folder passed as a model must hold a config.json (an empty or unrelated folder is not a model)."""
+    path = os.path.expanduser(folder)
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, "config.json")):
+        return
+    checkpoints = sorted(
+        (entry for entry in os.listdir(path) if entry.startswith("checkpoint-") and entry[11:].isdigit()),
+        key=lambda entry: int(entry[11:]),
+    )
+    checkpoints = [c for c in checkpoints if os.path.exists(os.path.join(path, c, "config.json"))]
+    what = "is an empty folder: no model to load" if not os.listdir(path) else "holds no model"
+    fix = (
+        f"pass its newest checkpoint ({os.path.join(folder, checkpoints[-1])}), or {SAVED_MODEL_FIX}"
+        if checkpoints
+        else SAVED_MODEL_FIX
+    )
+    raise UserError(f"--{flag} {folder} {what} (config.json is missing). Fix: {fix}.")
 
 
 def is_prefix_model(config, name: str | None) -> bool:
@@ -93,6 +123,7 @@ def load_seq2seq(model_args: ModelArguments):
             raise UserError(f"--{flag} {value}: no such folder. Fix: check the path, or pass a hub model id.")
 
     config_name = model_args.config_name or name
+    _check_model_folder("config_name" if model_args.config_name else "model_name_or_path", config_name)
     try:
         config = AutoConfig.from_pretrained(
             config_name,

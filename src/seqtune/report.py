@@ -19,16 +19,27 @@ progress or killed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import logging
 import os
+import shlex
 import time
 
 from transformers import TrainerCallback
 
+from .checkpoints import publish, temporary_path
 from .errors import UserError, exit_on_user_error
-from .outputs import ARGS_FILE, PREDICTIONS_FILE, RUN_MARKER, atomic_write_text, redact
+from .outputs import (
+    ARGS_FILE,
+    PREDICTIONS_FILE,
+    RUN_MARKER,
+    atomic_write_text,
+    record_files,
+    redact,
+    seqtunes_files,
+)
 from .runtime import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -98,11 +109,14 @@ class RunLog:
     """The append-only run log of an output dir; writes happen on the main process only."""
 
     def __init__(self, output_dir: str):
+        self.output_dir = output_dir
         self.path = os.path.join(output_dir, LOG_FILE)
 
     def append(self, record: dict) -> None:
         if not is_main_process():
             return
+        if not os.path.exists(self.path):
+            record_files(self.output_dir, [LOG_FILE])  # into the run's record before the file exists
         record = {key: _plain(value) for key, value in record.items()}
         record.setdefault("event", classify(record))
         record.setdefault("time", round(time.time(), 3))
@@ -249,9 +263,9 @@ def _save_figure(figure, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    temporary = f"{path}.tmp-{os.getpid()}.png"
-    figure.savefig(temporary, dpi=100, bbox_inches="tight")
-    os.replace(temporary, path)
+    temporary = temporary_path(path)  # a killed run's half plot is recognised as scratch
+    figure.savefig(temporary, dpi=100, bbox_inches="tight", format="png")
+    publish(temporary, path)
 
 
 def _plot(
@@ -315,9 +329,11 @@ def make_plots(output_dir: str, records: list[dict]) -> list[tuple[str, str]]:
         made.append(("plot_eval_rouge.png", "Evaluation ROUGE per evaluation"))
 
     keep = {name for name, _ in made}
-    for name in os.listdir(output_dir):
+    record_files(output_dir, keep)
+    for name in seqtunes_files(output_dir):  # an earlier report's plot that has no data now; never the user's
         if name.startswith(PLOT_PREFIX) and name.endswith(".png") and name not in keep:
-            os.remove(os.path.join(output_dir, name))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(output_dir, name))
     return made
 
 
@@ -449,7 +465,8 @@ def build_report(output_dir: str, finishing: bool = False) -> str:
     plots = make_plots(output_dir, records)
 
     title = os.path.basename(output_dir)
-    command = " ".join((marker or {}).get("command") or [])
+    # Shell-quoted, so that pasting it back runs the same command (e.g. --source_prefix 'summarize: ').
+    command = shlex.join(str(part) for part in (marker or {}).get("command") or [])
     started = (marker or {}).get("started_at")
     meta = [f"Status: {_e(_status(marker, finishing))}"]
     if started:
@@ -485,7 +502,7 @@ def build_report(output_dir: str, finishing: bool = False) -> str:
 {_examples_section(output_dir)}
 <h2>Configuration</h2>
 {_config_section(arguments)}
-<p class="meta">Rebuild with <code>seqtune report {_e(output_dir)}</code>.</p>
+<p class="meta">Rebuild with <code>seqtune report {_e(shlex.quote(output_dir))}</code>.</p>
 </body>
 </html>
 """

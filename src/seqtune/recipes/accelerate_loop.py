@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = build_accelerator(args)
     hub = HubPusher.from_arguments(args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
-        model_args, data_args, args, argv=argv, main_process_first=accelerator.main_process_first, hub=hub
+        model_args, data_args, args, command=[PROG, *argv], main_process_first=accelerator.main_process_first, hub=hub
     )
     warn_fp16_overflow(setup.model.config.model_type, accelerator.mixed_precision)
     checkpoints.check_accelerate_checkpoint(setup.resume_from, PROG)  # the newest one in --output_dir

@@ -20,7 +20,7 @@ from transformers import set_seed
 from ..arguments import DataArguments, ModelArguments
 from ..card import write_model_card
 from ..checkpoints import check_same_model
-from ..data import RawData, load_raw_data, tokenize_splits, wanted_splits
+from ..data import RawData, load_raw_data, split_needs, tokenize_splits, wanted_splits
 from ..modeling import load_model_and_tokenizer, remember_summarization_settings
 from ..outputs import (
     log_metrics,
@@ -56,7 +56,7 @@ def set_up_run(
     data_args: DataArguments,
     run_args,  # the loop's arguments: output_dir, overwrite_output_dir, resume_from_checkpoint, do_*, seed
     *,
-    argv: list[str],
+    command: list[str],  # the script and its arguments, for the run record and the report
     main_process_first=contextlib.nullcontext,
     hub=None,  # a seqtune.hub.HubPusher with --push_to_hub: checked before anything else
 ) -> RunSetup:
@@ -74,15 +74,14 @@ def set_up_run(
     )
     set_seed(run_args.seed)
     with phase("Loading the data"):
-        raw = load_raw_data(
-            data_args, model_args, wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
-        )
+        wanted = wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
+        raw = load_raw_data(data_args, model_args, wanted, needs=split_needs(run_args))
     tokenizer, model = load_model_and_tokenizer(model_args, data_args)
     if resume_from:  # a checkpoint of another model: refused before anything is written
         check_same_model(resume_from, model, model_args.model_name_or_path)
     remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
-    mark_run_started(output_dir, argv, [model_args, data_args, run_args])  # secrets redacted
+    mark_run_started(output_dir, command, [model_args, data_args, run_args])  # secrets redacted
     save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
     started = time.time()
     tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)

@@ -233,7 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     hub = HubPusher.from_arguments(training_args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
-        model_args, data_args, training_args, argv=argv, main_process_first=training_args.main_process_first, hub=hub
+        model_args,
+        data_args,
+        training_args,
+        command=[PROG, *argv],
+        main_process_first=training_args.main_process_first,
+        hub=hub,
     )
     warn_fp16_overflow(setup.model.config.model_type, mixed_precision_name(training_args.fp16, training_args.bf16))
     trainer = build_trainer(training_args, data_args, setup, hub)
