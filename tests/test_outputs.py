@@ -549,3 +549,11 @@ def test_atomic_write_json_that_fails_leaves_the_old_file_whole(tmp_path, monkey
         atomic_write_json(str(path), {"version": 2})
     assert read_json(path) == {"version": 1}
     assert os.listdir(tmp_path) == ["state.json"]  # the temporary file is removed
+
+
+def test_resume_from_a_file_says_a_checkpoint_is_a_folder(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "old-run", 7)
+    weights = os.path.join(checkpoint, "model.bin")
+    assert os.path.isfile(weights)
+    with pytest.raises(UserError, match=rf"is a file; a checkpoint is a folder\. Fix: .*\({re.escape(checkpoint)}\)"):
+        prepare_output_dir(str(tmp_path / "run"), False, weights, True)

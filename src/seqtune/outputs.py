@@ -133,8 +133,18 @@ def prepare_output_dir(
 
     if resume_from_checkpoint:
         path = os.path.expanduser(resume_from_checkpoint)
+        if os.path.isfile(path):
+            parent = os.path.dirname(os.path.abspath(path))
+            raise UserError(
+                f"--resume_from_checkpoint {resume_from_checkpoint} is a file; a checkpoint is a folder. "
+                f"Fix: pass the checkpoint's folder{f' ({parent})' if checkpoint_step(parent) is not None else ''}, "
+                f"e.g. OUTPUT_DIR/checkpoint-500."
+            )
         if not os.path.isdir(path):
-            raise UserError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder.")
+            raise UserError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder. Fix: check the path "
+                f"(a run's checkpoints are OUTPUT_DIR/checkpoint-N), or leave the flag out to resume from the newest."
+            )
         reason = incomplete_reason(path)
         if reason is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)):
             raise UserError(
