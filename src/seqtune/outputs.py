@@ -8,6 +8,7 @@ that callers need not.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -335,8 +336,12 @@ def lock_output_dir(output_dir: str) -> None:
     descriptor = os.open(output_dir, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as error:
         os.close(descriptor)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # A file system without locks (some network mounts): run, but say that nothing guards the folder.
+            logger.warning("Cannot lock --output_dir %s (%s): make sure no other run uses it.", output_dir, error)
+            return
         raise UserError(
             f"another seqtune run is using --output_dir {output_dir} right now. "
             f"Fix: wait for it to end, or choose another --output_dir."
