@@ -281,3 +281,9 @@ def test_write_model_card_only_on_main_process(tmp_path, monkeypatch):
     out.mkdir()
     write_model_card(str(out), local_info())
     assert os.listdir(out) == []
+
+
+def test_a_model_trained_from_scratch_says_so(tmp_path):
+    card = render_model_card(str(tmp_path / "run"), {**local_info(), "from_scratch": "model type t5"})
+    assert "A model trained from scratch (model type t5, random initial weights)" in card
+    assert "fine-tuned version" not in card

@@ -73,6 +73,31 @@ class ModelArguments:
             "than they allow (default: resize, with a warning, where the model can; False: refuse)."
         },
     )
+    model_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train from scratch: without --model_name_or_path, a new model of this type (e.g. t5, bart) "
+            "with its default config and random weights (--config_name gives the config instead; "
+            "--tokenizer_name is then required). Ignored with --model_name_or_path."
+        },
+    )
+    use_slow_tokenizer: bool = field(
+        default=False,
+        metadata={"help": "Use the slow (Python) tokenizer: the same as --use_fast_tokenizer False."},
+    )
+
+    def __post_init__(self):
+        if self.use_slow_tokenizer:
+            self.use_fast_tokenizer = False
+        if self.model_type is not None:
+            from transformers import CONFIG_MAPPING
+
+            if self.model_type not in CONFIG_MAPPING:
+                raise UserError(
+                    f"--model_type {self.model_type!r} is not a model type transformers knows"
+                    f"{_suggestion(self.model_type, CONFIG_MAPPING.keys())}. Fix: pass an encoder-decoder "
+                    f"type such as t5, bart, pegasus or mt5."
+                )
 
 
 @dataclass
@@ -142,8 +167,24 @@ class DataArguments:
     source_prefix: str | None = field(
         default=None, metadata={"help": 'Text put before every input, e.g. "summarize: " for T5 models.'}
     )
+    lang: str | None = field(
+        default=None,
+        metadata={
+            "help": "Language of the texts for multilingual tokenizers (mBART: e.g. en_XX): sets the tokenizer's "
+            "source and target language."
+        },
+    )
+    forced_bos_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Token forced as the first generated token (mBART-50 and the like: the target language, "
+            "e.g. de_DE); it must be in the tokenizer's vocabulary."
+        },
+    )
 
     def __post_init__(self):
+        # Whether --val_max_target_length was given (the loop's --max_length gives way to it).
+        self._val_max_target_length_given = self.val_max_target_length is not None
         if self.val_max_target_length is None:
             self.val_max_target_length = self.max_target_length
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
@@ -417,10 +458,19 @@ class LoopArguments(OutputArguments):
             "Never written to any file."
         },
     )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest generated summary (and evaluation target) in tokens: the same as "
+            "--val_max_target_length, which wins when both are given (default: --max_target_length, 128)."
+        },
+    )
 
     def __post_init__(self):
         self.check_output_dir()
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
+        if self.max_length is not None:
+            self.check_at_least_one("max_length")
         self.check_at_least_one(
             "per_device_train_batch_size",
             "per_device_eval_batch_size",
@@ -438,6 +488,21 @@ class LoopArguments(OutputArguments):
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
             raise UserError(f'--checkpointing_steps must be a positive number or "epoch", got {steps!r}.')
+
+    def combine(self, others) -> None:
+        """--max_length (the Hugging Face no_trainer script's) is the generation length: --val_max_target_length."""
+        data_args = next((other for other in others if isinstance(other, DataArguments)), None)
+        if self.max_length is None or data_args is None:
+            return
+        if getattr(data_args, "_val_max_target_length_given", False):
+            if data_args.val_max_target_length != self.max_length:
+                logger.warning(
+                    "--max_length %d is not used: --val_max_target_length %d sets the generation length.",
+                    self.max_length,
+                    data_args.val_max_target_length,
+                )
+            return
+        data_args.val_max_target_length = self.max_length
 
     # The loop always trains and evaluates (the names the shared set-up reads).
     do_train = property(lambda self: True)
@@ -578,7 +643,7 @@ def parse_arguments(dataclass_types, argv: list[str] | None = None, prog: str | 
         path = os.path.abspath(argv[0])
         config = _config_values(_normalise_config_keys(_read_config_file(path), dataclass_types), parser, path)
         try:
-            return parser.parse_dict(config, allow_extra_keys=False)
+            return _combined(parser.parse_dict(config, allow_extra_keys=False))
         except (UserError, ValueError, TypeError) as error:  # range checks name the flag; say which file too
             raise UserError(f"config file {path}: {error}") from None
     _, unknown = parser.parse_known_args(argv)  # argparse's own mistakes (bad values) exit 2 with usage here
@@ -591,6 +656,16 @@ def parse_arguments(dataclass_types, argv: list[str] | None = None, prog: str | 
             f"Run with -h to list the flags."
         )
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as error:
         raise UserError(f"{error}. Run with -h to list the flags.") from None
+    return _combined(parsed)
+
+
+def _combined(parsed):
+    """Let a dataclass whose flag sets another one's value (the loop's --max_length) apply it."""
+    for arguments in parsed:
+        combine = getattr(arguments, "combine", None)
+        if callable(combine):
+            combine(parsed)
+    return parsed

@@ -59,6 +59,12 @@ def _metadata(info: dict) -> str:
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
 
 
+def _origin_text(info: dict) -> str:
+    if info.get("from_scratch"):  # --config_name / --model_type without --model_name_or_path
+        return f"A model trained from scratch ({info['from_scratch']}, random initial weights)"
+    return f"A fine-tuned version of {_base_model_text(info.get('base_model'))}"
+
+
 def _base_model_text(base: str | None) -> str:
     if not base:
         return "an unnamed base model"
@@ -87,7 +93,7 @@ def render_model_card(output_dir: str, info: dict) -> str:
     sections = [
         f"---\n{_metadata(info)}---\n",
         f"# {title}\n",
-        f"A fine-tuned version of {_base_model_text(info.get('base_model'))} for **{TASK}**, "
+        f"{_origin_text(info)} for **{TASK}**, "
         f"trained with seqtune {__version__} ({info.get('trainer') or 'unknown loop'}).\n",
         f"## Data\n\nData set: {info.get('dataset') or '(not recorded)'}\n",
         "## Results\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n",

@@ -93,8 +93,9 @@ def load_tokenizer(name: str, model_args: ModelArguments):
 def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments):
     """Load (tokenizer, model) and apply the checks of the Hugging Face summarization script."""
     tokenizer, model = load_seq2seq(model_args)
-    name = model_args.model_name_or_path
+    name = model_args.model_name_or_path or model_args.config_name or model_args.model_type
     check_position_embeddings(model, model_args, data_args)
+    apply_language_settings(tokenizer, model, data_args)
     if is_prefix_model(model.config, name) and data_args.source_prefix is None:
         logger.warning(
             '%s is a T5-style model but no --source_prefix was given: pass --source_prefix "summarize: " '
@@ -104,14 +105,88 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArgument
     return tokenizer, model
 
 
+def apply_language_settings(tokenizer, model, data_args: DataArguments) -> None:
+    """--lang and --forced_bos_token, as the Hugging Face script applies them for mBART and the like."""
+    vocabulary = None
+    if data_args.lang is not None:
+        if hasattr(tokenizer, "src_lang"):  # mBART, mBART-50, M2M100, NLLB: the language codes are tokens
+            vocabulary = tokenizer.get_vocab()
+            if data_args.lang not in vocabulary:
+                raise UserError(
+                    f"--lang {data_args.lang!r} is not a language of the {type(tokenizer).__name__} tokenizer "
+                    f"(no such token in its vocabulary). Fix: pass a language code as the tokenizer writes it "
+                    f"(e.g. en_XX for mBART)."
+                )
+            tokenizer.src_lang = data_args.lang
+            if hasattr(tokenizer, "tgt_lang"):
+                tokenizer.tgt_lang = data_args.lang
+        else:
+            logger.warning(
+                "--lang %s has no effect: the %s tokenizer has no source or target language "
+                "(only multilingual ones such as mBART's have).",
+                data_args.lang,
+                type(tokenizer).__name__,
+            )
+    elif type(tokenizer).__name__.startswith("MBart"):
+        logger.warning(
+            "%s is a multilingual tokenizer: pass --lang with the language of your texts (e.g. en_XX).",
+            type(tokenizer).__name__,
+        )
+    token = data_args.forced_bos_token
+    if token is not None:
+        vocabulary = vocabulary if vocabulary is not None else tokenizer.get_vocab()
+        if token not in vocabulary:
+            raise UserError(
+                f"--forced_bos_token {token!r} is not in the tokenizer's vocabulary, so it cannot be forced as the "
+                f"first generated token. Fix: pass the target language's token as the tokenizer writes it "
+                f"(e.g. de_DE for mBART-50), or drop --forced_bos_token."
+            )
+        model.config.forced_bos_token_id = vocabulary[token]
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.forced_bos_token_id = vocabulary[token]
+
+
+def _from_scratch_config(model_args: ModelArguments):
+    """The default config of --model_type (training from scratch without --config_name)."""
+    from transformers import CONFIG_MAPPING
+
+    logger.warning(
+        "Training from scratch with a new %s config (its default settings): no --model_name_or_path "
+        "or --config_name was given.",
+        model_args.model_type,
+    )
+    return CONFIG_MAPPING[model_args.model_type]()
+
+
+def _match_special_tokens(config, tokenizer, replace: bool) -> None:
+    """A new model's special token ids from its tokenizer: those the config lacks, or all of them for
+    --model_type's default config (which knows nothing of the tokenizer). The decoder starts with the
+    pad token in T5-family models, else with the bos token."""
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, key, None)
+        if value is not None and (replace or getattr(config, key, None) is None):
+            setattr(config, key, value)
+    if getattr(config, "decoder_start_token_id", None) is None:
+        start = tokenizer.pad_token_id if config.model_type in PREFIX_MODEL_TYPES else tokenizer.bos_token_id
+        if start is not None:
+            config.decoder_start_token_id = start
+            logger.info("The new model's decoder starts with token id %d (decoder_start_token_id).", start)
+
+
 def load_seq2seq(model_args: ModelArguments):
-    """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder."""
+    """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder.
+
+    Without --model_name_or_path, --config_name (or --model_type) gives the config of a new model
+    with random weights (training from scratch); the tokenizer then comes from --tokenizer_name.
+    """
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     name = model_args.model_name_or_path
-    if not name:
+    model_type = getattr(model_args, "model_type", None)
+    if not name and not model_args.config_name and not model_type:
         raise UserError(
             "no model given. Fix: pass --model_name_or_path (e.g. google-t5/t5-small or a local folder), "
+            "or --config_name or --model_type with --tokenizer_name to train a new model from scratch, "
             "or run `seqtune demo` for the built-in tiny model."
         )
     for flag, value in (
@@ -121,40 +196,65 @@ def load_seq2seq(model_args: ModelArguments):
     ):
         if value and _looks_like_path(value) and not os.path.exists(os.path.expanduser(value)):
             raise UserError(f"--{flag} {value}: no such folder. Fix: check the path, or pass a hub model id.")
+    if not name and not model_args.tokenizer_name:
+        given = "--config_name" if model_args.config_name else "--model_type"
+        raise UserError(
+            f"training a new model from scratch ({given} without --model_name_or_path) needs a tokenizer, and "
+            f"a new one cannot be built here. Fix: pass --tokenizer_name (a hub tokenizer such as "
+            f"google-t5/t5-small, or a folder with a saved tokenizer), or --model_name_or_path to fine-tune "
+            f"a pre-trained model."
+        )
 
     config_name = model_args.config_name or name
-    _check_model_folder("config_name" if model_args.config_name else "model_name_or_path", config_name)
-    try:
-        config = AutoConfig.from_pretrained(
-            config_name,
-            **_hub_options(model_args),
-        )
-    except (OSError, ValueError) as error:
-        raise _explain_load_error("model config", config_name, error) from None
+    if config_name:
+        _check_model_folder("config_name" if model_args.config_name else "model_name_or_path", config_name)
+        try:
+            config = AutoConfig.from_pretrained(
+                config_name,
+                **_hub_options(model_args),
+            )
+        except (OSError, ValueError) as error:
+            raise _explain_load_error("model config", config_name, error) from None
+    else:
+        config = _from_scratch_config(model_args)
+    label = name or config_name or model_type
     if not getattr(config, "is_encoder_decoder", False):
         raise UserError(
-            f"{name!r} is a {config.model_type} model, not an encoder-decoder (sequence-to-sequence) model. "
+            f"{label!r} is a {config.model_type} model, not an encoder-decoder (sequence-to-sequence) model. "
             f"Fix: use a model such as T5, BART, Pegasus or mT5."
         )
 
     tokenizer = load_tokenizer(model_args.tokenizer_name or name, model_args)
-    try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(
-            name,
-            config=config,
-            **_hub_options(model_args),
+    if not name:
+        _match_special_tokens(config, tokenizer, replace=not config_name)
+    if name:
+        try:
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                name,
+                config=config,
+                **_hub_options(model_args),
+            )
+        except (OSError, ValueError) as error:
+            raise _explain_load_error("model", name, error) from None
+    else:
+        logger.warning(
+            "Training a new %s model from scratch: random weights, config from %s (no --model_name_or_path).",
+            config.model_type,
+            config_name or f"--model_type {model_type}",
         )
-    except (OSError, ValueError) as error:
-        raise _explain_load_error("model", name, error) from None
+        try:
+            model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise _explain_load_error("model", label, error) from None
 
     # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
     embedding_size = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embedding_size:
         model.resize_token_embeddings(len(tokenizer))
 
-    if model.config.decoder_start_token_id is None:
+    if getattr(model.config, "decoder_start_token_id", None) is None:
         raise UserError(
-            f"the model {name!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
+            f"the model {label!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
             f"(usually the pad or bos token id)."
         )
     return tokenizer, model

@@ -134,6 +134,12 @@ def wrap_up_run(
         output_dir,
         {
             "base_model": model_args.model_name_or_path,
+            # --config_name / --model_type without --model_name_or_path: no base model to name.
+            "from_scratch": None
+            if model_args.model_name_or_path
+            else f"config {model_args.config_name}"
+            if model_args.config_name
+            else f"model type {model_args.model_type}",
             "dataset": setup.raw.source,
             "metrics": {k: v for k, v in results.items() if k.startswith(("eval_", "predict_", "train_loss"))},
             "hyperparameters": {
