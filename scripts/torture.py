@@ -7,8 +7,9 @@ runs one of seqtune's training scripts on a tiny model with a checkpoint every f
 kills its whole process group with SIGKILL at random moments of those kinds, and starts it
 again with exactly the same command each time. It checks:
 
-- after every kill: every visible `checkpoint-N` folder is complete (its manifest lists
-  files that exist with the recorded sizes, the weights load, the recorded step is N);
+- after every kill: every visible `checkpoint-N` (Trainer) or `step_N` (no_trainer) folder is
+  complete (its manifest lists files that exist with the recorded sizes, the weights load, the
+  recorded step is N);
 - on every restart: the run resumes from the newest complete checkpoint the kill left
   (or, with none, starts again: seqtune recognises its own unfinished run);
 - at the end: the run finishes (exit 0, marker "finished") with the expected number of
@@ -46,7 +47,8 @@ LOOP_SCRIPT = os.path.join(REPO, "examples", "pytorch", "summarization", "run_su
 MANIFEST_NAME = "seqtune_checkpoint.json"  # written by seqtune.checkpoints; checked here independently
 STAGING_NAME = ".seqtune-staging"
 TRASH_PREFIX = ".seqtune-trash-"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# The Trainer script's checkpoint-N and the no_trainer script's step_N (the Hugging Face scripts' names).
+CHECKPOINT_RE = re.compile(r"^(?:checkpoint-|step_)(\d+)$")
 
 # When to kill: at a random moment of start-up, of a training step, of a checkpoint write,
 # of a rotation (an old checkpoint being deleted), of the final model save.
@@ -146,7 +148,7 @@ def child_env(workdir: str) -> dict:
 
 
 def visible_checkpoints(output_dir: str) -> dict[int, str]:
-    """Every folder named checkpoint-N (complete or not: the point is that all must be complete)."""
+    """Every folder named checkpoint-N or step_N (complete or not: the point is that all must be complete)."""
     if not os.path.isdir(output_dir):
         return {}
     found = {}
@@ -332,7 +334,7 @@ def _resumed_from(log_path: str) -> int | None | str:
     """The checkpoint step an attempt's log says it resumed from (None: started afresh)."""
     with open(log_path, errors="replace") as handle:
         text = handle.read()
-    match = re.search(r"Resuming from \S*checkpoint-(\d+)", text)
+    match = re.search(r"Resuming from \S*(?:checkpoint-|step_)(\d+)", text)
     return int(match.group(1)) if match else None
 
 
@@ -382,7 +384,7 @@ def final_problems(output_dir: str, expected_steps: int, loop: bool) -> tuple[li
         problems.append(f"run marker status is {status!r}, not 'finished'")
     final_step = None
     if loop:  # the optimizer steps the loop's own progress record says it took
-        final_step = loop_completed_steps(os.path.join(output_dir, f"checkpoint-{expected_steps}"))
+        final_step = loop_completed_steps(os.path.join(output_dir, f"step_{expected_steps}"))
     else:
         with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as handle:
             final_step = json.load(handle).get("global_step")
@@ -391,7 +393,7 @@ def final_problems(output_dir: str, expected_steps: int, loop: bool) -> tuple[li
     for step, folder in visible_checkpoints(output_dir).items():
         problems += checkpoint_problems(folder, step)
     if expected_steps not in visible_checkpoints(output_dir):
-        problems.append(f"no checkpoint-{expected_steps}")
+        problems.append(f"no checkpoint of step {expected_steps}")
     leftovers = [name for name in os.listdir(output_dir) if name.startswith(".seqtune-")]
     if leftovers:
         problems.append(f"scratch left behind: {leftovers}")

@@ -12,8 +12,8 @@ import pytest
 from seqtune import checkpoints as ck
 
 
-def stage(output_dir, step, files=None):
-    folder = ck.staging_path(str(output_dir), step)
+def stage(output_dir, step, files=None, name=None):
+    folder = ck.staging_path(str(output_dir), step, name)
     os.makedirs(folder, exist_ok=True)
     for name, content in (files or {"model.bin": b"x" * 100, "optimizer.pt": b"y" * 10}).items():
         with open(os.path.join(folder, name), "wb") as handle:
@@ -49,6 +49,32 @@ def test_steps_sort_numerically(tmp_path):
     for step in (9, 10, 100):
         ck.publish_checkpoint(stage(tmp_path, step), str(tmp_path), step)
     assert [ck.checkpoint_step(p) for p in ck.list_checkpoints(str(tmp_path))] == [9, 10, 100]
+
+
+def test_checkpoint_names_of_both_recipes():
+    for name in ("checkpoint-4", "step_4", "epoch_0", "epoch_12"):
+        assert ck.is_checkpoint_name(name) and ck.is_checkpoint_name(f"/out/{name}/")
+    for name in ("checkpoint-", "step_", "epoch_x", "checkpoint-notes.md", "last-checkpoint", "step-4", "epoch_1a"):
+        assert not ck.is_checkpoint_name(name)
+    assert ck.checkpoint_step("step_7") == 7 and ck.checkpoint_step("checkpoint-7") == 7
+    assert ck.checkpoint_step("notes") is None
+
+
+def test_step_and_epoch_names_are_ordered_by_the_step_of_their_manifests(tmp_path):
+    """The Accelerate recipe's step_N and epoch_E (the Hugging Face no_trainer script's names) and the
+    Trainer's checkpoint-N: the newest by the manifest's step wins, and rotation deletes the oldest by step."""
+    for name, step in (("epoch_0", 3), ("step_4", 4), ("checkpoint-5", 5), ("epoch_1", 6), ("step_2", 2)):
+        final = ck.publish_checkpoint(stage(tmp_path, step, name=name), str(tmp_path), step, name=name)
+        assert final == str(tmp_path / name)
+        assert ck.checkpoint_step(final) == step
+    assert not os.path.exists(ck.staging_root(str(tmp_path)))
+    names = [os.path.basename(p) for p in ck.list_checkpoints(str(tmp_path))]
+    assert names == ["step_2", "epoch_0", "step_4", "checkpoint-5", "epoch_1"]
+    assert ck.newest_checkpoint(str(tmp_path)) == str(tmp_path / "epoch_1")
+    ck.rotate_checkpoints(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-5", "epoch_1"]
+    with pytest.raises(ValueError, match="not a checkpoint name"):
+        ck.publish_checkpoint(stage(tmp_path, 9, name="final"), str(tmp_path), 9, name="final")
 
 
 def test_rotation_keeps_the_newest_and_the_best(tmp_path):

@@ -292,9 +292,10 @@ def test_no_trainer_script_pushes_each_checkpoint_and_the_end(t5_model, corpus_f
         "End of training",
     ]
     # Accelerate's checkpoints are not loadable models: they go whole under last-checkpoint/, for resuming.
-    local = out / "checkpoint-4"
+    local = out / "step_4"  # the Hugging Face no_trainer script's name
     for name in os.listdir(local):
         assert repo.files[f"last-checkpoint/{name}"] == read(local / name), name
+    assert not any(path.startswith(("step_", "checkpoint-", ".")) for path in repo.files)
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "eval_results.json"):
         assert repo.files[name] == read(out / name), name
     card = repo.files["README.md"].decode()

@@ -43,13 +43,14 @@ class RunArgs:
     push_to_hub_token: str | None = None
 
 
-def make_checkpoint(output_dir, step: int, content: bytes = b"weights") -> str:
-    """A complete checkpoint-`step`, written the way seqtune writes one: staged, then published."""
-    staged = staging_path(str(output_dir), step)
+def make_checkpoint(output_dir, step: int, content: bytes = b"weights", name: str | None = None) -> str:
+    """A complete checkpoint-`step` (or `name`: step_N, epoch_E), written the way seqtune writes one: staged,
+    then published."""
+    staged = staging_path(str(output_dir), step, name)
     os.makedirs(staged)
     with open(os.path.join(staged, "model.bin"), "wb") as handle:
         handle.write(content)
-    return publish_checkpoint(staged, str(output_dir), step)
+    return publish_checkpoint(staged, str(output_dir), step, name=name)
 
 
 def make_leftovers(output_dir) -> list[str]:
@@ -179,6 +180,33 @@ def test_resumes_from_the_newest_complete_checkpoint(tmp_path, caplog):
     assert not any(name in os.listdir(output_dir) for name in leftovers)
     assert (incomplete / "model.bin").read_bytes() == b"weights"  # skipped, not deleted
     assert {"checkpoint-2", "checkpoint-4", "checkpoint-10", "checkpoint-12"} <= set(os.listdir(output_dir))
+
+
+def test_resumes_from_the_newest_by_step_whatever_its_name(tmp_path):
+    """The no_trainer script's step_N and epoch_E count as checkpoints, ordered by the step their manifests
+    record: epoch_1 (step 12) is newer than step_10 and checkpoint-11."""
+    output_dir = tmp_path / "run"
+    start_run(output_dir)
+    make_checkpoint(output_dir, 10, name="step_10")
+    make_checkpoint(output_dir, 12, name="epoch_1")
+    make_checkpoint(output_dir, 6, name="epoch_0")
+    make_checkpoint(output_dir, 11)
+    incomplete = output_dir / "step_14"  # no manifest: a kill while it was written
+    incomplete.mkdir()
+    assert prepare_output_dir(str(output_dir), False, None, True) == str(output_dir / "epoch_1")
+    explicit = prepare_output_dir(str(output_dir), False, str(output_dir / "epoch_0"), True)
+    assert explicit == str(output_dir / "epoch_0")
+
+
+def test_overwrite_removes_step_and_epoch_checkpoints_too(tmp_path):
+    output_dir = tmp_path / "run"
+    start_run(output_dir)
+    make_checkpoint(output_dir, 2, name="step_2")
+    make_checkpoint(output_dir, 4, name="epoch_1")
+    (output_dir / "step_6").mkdir()  # incomplete, in a seqtune run's folder
+    (output_dir / "epoch_notes").mkdir()  # the user's: not a checkpoint name
+    assert prepare_output_dir(str(output_dir), True, None, True) is None
+    assert sorted(os.listdir(output_dir)) == ["epoch_notes"]
 
 
 def test_a_folder_with_only_incomplete_checkpoints_is_not_resumed(tmp_path):

@@ -202,9 +202,10 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(
     assert (
         "Likely cause: the learning rate (0.001) is too high for this model, or an example makes it diverge" in stderr
     )
-    assert f"{output_dir / f'checkpoint-{step - 1}'}, is kept" in stderr
+    prefix = "checkpoint-" if script == "trainer" else "step_"  # the no_trainer script's names: step_N
+    assert f"{output_dir / f'{prefix}{step - 1}'}, is kept" in stderr
     kept = [os.path.basename(c) for c in list_checkpoints(str(output_dir))]
-    assert kept == [f"checkpoint-{step - 2}", f"checkpoint-{step - 1}"]  # nothing written at or after the bad step
+    assert kept == [f"{prefix}{step - 2}", f"{prefix}{step - 1}"]  # nothing written at or after the bad step
     assert not os.path.exists(output_dir / "model.safetensors")  # no final model from a diverged run
     assert all(torch.isfinite(torch.tensor(logged_losses(output_dir))))
 

@@ -357,7 +357,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one
         script, recipe_args(script, t5_model, corpus_files, out, "--max_steps", "4", "--save_steps", "2", *limit)
     )
     assert first.returncode == 0, first.stderr[-3000:]
-    newest = out / "checkpoint-4"
+    prefix = "checkpoint-" if script == TRAINER_SCRIPT else "step_"  # the no_trainer script's names: step_N
+    newest = out / f"{prefix}4"
     largest = max((entry for entry in newest.iterdir() if entry.is_file()), key=lambda entry: entry.stat().st_size)
     size = largest.stat().st_size
     with open(largest, "r+b") as handle:
@@ -373,28 +374,25 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stderr
     assert f"Skipping {newest}: damaged checkpoint ({largest.name} does not match its checksum)." in log
-    assert f"Resuming from {out / 'checkpoint-2'}," in log
+    assert f"Resuming from {out / f'{prefix}2'}," in log
     if script == TRAINER_SCRIPT:
         assert read_json(out / "trainer_state.json")["global_step"] == 6
     else:
         assert "Resumed at step 2 " in log
     assert read_json(out / "train_results.json")["epoch"] == 0.75  # 6 steps of the 8 of an epoch
     assert "missing keys" not in log  # the tied embeddings' warning at every resume is gone
-    assert sorted(name for name in os.listdir(out) if name.startswith("checkpoint-")) == [
-        "checkpoint-4",
-        "checkpoint-6",
-    ]
-    assert incomplete_reason(str(out / "checkpoint-4")) is None  # written again, intact
+    assert sorted(name for name in os.listdir(out) if name.startswith(prefix)) == [f"{prefix}4", f"{prefix}6"]
+    assert incomplete_reason(str(out / f"{prefix}4")) is None  # written again, intact
     readable = 0o666 & ~_current_umask()
     assert os.stat(out / "model.safetensors").st_mode & 0o777 == readable  # colleagues can read the model
-    assert os.stat(out / "checkpoint-6" / "model.safetensors").st_mode & 0o777 == readable
+    assert os.stat(out / f"{prefix}6" / "model.safetensors").st_mode & 0o777 == readable
 
     before = snapshot(out)
     other = run_script(script, recipe_args(script, bart_model, corpus_files, out, "--max_steps", "8", *limit))
     assert other.returncode == 2, other.stderr[-3000:]
     assert "Traceback" not in other.stderr
     assert (
-        f"seqtune: error: checkpoint {out / 'checkpoint-6'} holds a different model than "
+        f"seqtune: error: checkpoint {out / f'{prefix}6'} holds a different model than "
         f"--model_name_or_path {bart_model} (weight '"
     ) in other.stderr
     assert "Fix: resume with the model the run started from, or pass --overwrite_output_dir" in other.stderr

@@ -183,7 +183,8 @@ def test_plain_python_evaluates_every_epoch_and_writes_what_the_trainer_script_w
     assert len(predictions) == 4 and predictions[-1] == ""
 
     # Checkpoints went through seqtune.checkpoints: complete, rotated to the newest (2 epochs x 2 steps).
-    assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(out))] == ["checkpoint-4"]
+    # Named as the Hugging Face script names them: epoch_E, E the 0-based epoch.
+    assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(out))] == ["epoch_1"]
     assert not any(checkpoints.is_leftover(name) for name in os.listdir(out))
     assert read_json(out / "seqtune_run.json")["status"] == "finished"
     card = (out / "README.md").read_text(encoding="utf-8")
@@ -202,11 +203,11 @@ import seqtune.checkpoints as checkpoints
 
 publish = checkpoints.publish_checkpoint
 
-def publish_or_die(staged, output_dir, step, extra=None):
+def publish_or_die(staged, output_dir, step, extra=None, name=None):
     # Everything of this checkpoint is on disk in the staging folder, nothing is published yet.
     if step == int(os.environ["KILL_AT_STEP"]):
         os.kill(os.getpid(), signal.SIGKILL)
-    return publish(staged, output_dir, step, extra)
+    return publish(staged, output_dir, step, extra, name=name)
 
 checkpoints.publish_checkpoint = publish_or_die
 script = sys.argv.pop(1)
@@ -241,7 +242,7 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_b
     assert_ok(run_script(LOOP_SCRIPT, loop_args(dropout_model, corpus_files, straight, *args)))
     straight_results = read_json(straight / "all_results.json")
 
-    # The same run, SIGKILLed while writing checkpoint-4: it stays unpublished.
+    # The same run, SIGKILLed while writing step_4: it stays unpublished.
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER, encoding="utf-8")
     killed = tmp_path / "killed"
@@ -249,8 +250,8 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_b
         str(killer), [LOOP_SCRIPT, *loop_args(dropout_model, corpus_files, killed, *args)], env={"KILL_AT_STEP": "4"}
     )
     assert result.returncode == -9, result.stderr[-3000:]
-    assert os.path.isdir(checkpoints.staging_path(str(killed), 4))  # killed mid-write
-    assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(killed))] == ["checkpoint-2"]
+    assert os.path.isdir(checkpoints.staging_path(str(killed), 4, "step_4"))  # killed mid-write
+    assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(killed))] == ["step_2"]
 
     # The same command again resumes from the newest complete checkpoint (mid-epoch 0).
     result = run_script(LOOP_SCRIPT, loop_args(dropout_model, corpus_files, killed, *args))
@@ -266,9 +267,7 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights_bit_for_b
     explicit = tmp_path / "explicit"
     result = run_script(
         LOOP_SCRIPT,
-        loop_args(
-            dropout_model, corpus_files, explicit, *args, "--resume_from_checkpoint", str(straight / "checkpoint-4")
-        ),
+        loop_args(dropout_model, corpus_files, explicit, *args, "--resume_from_checkpoint", str(straight / "step_4")),
     )
     assert_ok(result)
     assert "Resumed at step 4 (epoch 1, 2 batches into it)" in result.stderr
@@ -523,10 +522,102 @@ def test_torch_compile_trains_like_eager_and_its_checkpoints_resume(t5_model, co
             "--torch_compile_backend",
             "aot_eager",
             "--resume_from_checkpoint",
-            str(compiled / "checkpoint-2"),
+            str(compiled / "step_2"),
         ),
     )
     assert_ok(result)
     assert "Resumed at step 2" in result.stderr
     resumed_weights = weights(resumed)
     assert max((resumed_weights[n] - compiled_weights[n]).abs().max().item() for n in compiled_weights) < 1e-5
+
+
+# --------------------------------------------------------------------------- checkpoint names (the HF script's)
+
+
+def checkpoint_names(out) -> list[str]:
+    return [os.path.basename(c) for c in checkpoints.list_checkpoints(str(out))]
+
+
+def test_step_checkpoints_are_step_n_and_a_rerun_resumes_from_the_newest(
+    t5_model, corpus_files, tmp_path, isolated_hf_home
+):
+    """--checkpointing_steps N writes step_N (N the global step), as the Hugging Face script does; the same
+    command with a larger --max_train_steps resumes from the newest and goes on; --save_total_limit deletes
+    the oldest by step, whatever the checkpoints' names."""
+    out = tmp_path / "out"
+    common = ["--max_train_samples", "16", "--max_eval_samples", "4", "--num_train_epochs", "9"]
+    first = run_script(
+        LOOP_SCRIPT,
+        loop_args(t5_model, corpus_files, out, *common, "--checkpointing_steps", "2", "--max_train_steps", "4"),
+    )
+    assert_ok(first)
+    assert checkpoint_names(out) == ["step_2", "step_4"]
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(out))
+    assert checkpoints.checkpoint_step(str(out / "step_4")) == 4
+
+    # The same output dir, now saving every step and keeping 2: resumes from step_4, rotation drops step_2
+    # and step_4 (older by step), the newest two stay.
+    again = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            t5_model,
+            corpus_files,
+            out,
+            *common,
+            "--checkpointing_steps",
+            "1",
+            "--save_total_limit",
+            "2",
+            "--max_train_steps",
+            "6",
+        ),
+    )
+    assert_ok(again)
+    assert "Resumed at step 4" in again.stderr and str(out / "step_4") in again.stderr
+    assert checkpoint_names(out) == ["step_5", "step_6"]
+
+
+def test_epoch_checkpoints_are_epoch_e_and_resume_by_name(t5_model, corpus_files, tmp_path, isolated_hf_home):
+    """--checkpointing_steps epoch writes epoch_0, epoch_1 (the 0-based epoch finished), as the Hugging Face
+    script does; a rerun resumes from the newest, and --resume_from_checkpoint OUT/epoch_0 works."""
+    out = tmp_path / "out"
+    # 16 examples, batch 8: 2 steps an epoch.
+    common = ["--max_train_samples", "16", "--max_eval_samples", "4", "--checkpointing_steps", "epoch"]
+    assert_ok(run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, *common, "--num_train_epochs", "2")))
+    assert checkpoint_names(out) == ["epoch_0", "epoch_1"]
+    assert [checkpoints.checkpoint_step(str(out / name)) for name in ("epoch_0", "epoch_1")] == [2, 4]
+
+    # A larger run in the same output dir resumes from epoch_1 (step 4), then writes epoch_2.
+    again = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, *common, "--num_train_epochs", "3"))
+    assert_ok(again)
+    assert "Resumed at step 4 (epoch 2, 0 batches into it)" in again.stderr
+    assert checkpoint_names(out) == ["epoch_0", "epoch_1", "epoch_2"]
+
+    # --resume_from_checkpoint OUT/epoch_0 into a fresh output dir (the Hugging Face script's usage).
+    explicit = tmp_path / "explicit"
+    result = run_script(
+        LOOP_SCRIPT,
+        loop_args(
+            t5_model,
+            corpus_files,
+            explicit,
+            *common,
+            "--num_train_epochs",
+            "2",
+            "--resume_from_checkpoint",
+            str(out / "epoch_0"),
+        ),
+    )
+    assert_ok(result)
+    assert "Resumed at step 2 (epoch 1, 0 batches into it)" in result.stderr
+    assert checkpoint_names(explicit) == ["epoch_1"]
+    assert_same_weights(out / "epoch_1", explicit / "epoch_1")
+
+    # Then, in the same output dir, a checkpoint every step, keeping 2: resumes from epoch_2 (step 6), and
+    # rotation deletes the oldest by step across names (epoch_0, epoch_1, then epoch_2 once step_8 is written).
+    every_step = ["--max_train_samples", "16", "--max_eval_samples", "4", "--checkpointing_steps", "1"]
+    every_step += ["--save_total_limit", "2", "--max_train_steps", "8"]
+    steps = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, *every_step))
+    assert_ok(steps)
+    assert "Resumed at step 6 (epoch 3, 0 batches into it)" in steps.stderr
+    assert checkpoint_names(out) == ["step_7", "step_8"]

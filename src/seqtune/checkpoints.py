@@ -2,9 +2,14 @@
 
 Writer: a checkpoint is first written into a staging folder inside the output dir,
 every file is flushed to disk, a manifest (`seqtune_checkpoint.json`, names, sizes and
-sha256 checksums) is written last, and one `rename` makes `checkpoint-N` visible. A kill
+sha256 checksums) is written last, and one `rename` makes the checkpoint visible. A kill
 at any instant leaves either the previous state or the complete new checkpoint. Published
 files get the mode any new file gets (0o666 & ~umask), so colleagues can read them.
+
+Names: the Trainer recipe's checkpoints are `checkpoint-N` (as transformers' Trainer names them), the
+Accelerate recipe's `step_N` and `epoch_E` (as the Hugging Face no_trainer script names them; E is the
+0-based epoch). Every reader takes all three names and orders them by the global step the manifest
+records, so the newest complete one wins whatever its name.
 
 Reader: only folders with a manifest whose files all exist with the recorded sizes
 count (`list_checkpoints`, cheap: listing and rotation); others are skipped with a log line
@@ -43,21 +48,49 @@ STAGING_DIR_NAME = LEFTOVER_PREFIX + "staging"
 TRASH_PREFIX = LEFTOVER_PREFIX + "trash-"
 TEMPORARY_PREFIX = LEFTOVER_PREFIX + "tmp-"
 PROBE_PREFIX = LEFTOVER_PREFIX + "write-test-"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+STEP_PREFIX = "step_"  # the Hugging Face no_trainer script's step_N (N: the global step)
+EPOCH_PREFIX = "epoch_"  # and epoch_E (E: the 0-based epoch)
+_CHECKPOINT_RE = re.compile(rf"^({re.escape(CHECKPOINT_PREFIX)}|{STEP_PREFIX}|{EPOCH_PREFIX})(\d+)$")
+
+
+def is_checkpoint_name(path: str) -> bool:
+    """Whether a folder's name is one a checkpoint has: checkpoint-N, step_N or epoch_E."""
+    return _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path))) is not None
+
+
+def checkpoint_name(step: int) -> str:
+    """The default name of the checkpoint of `step` (the Trainer's)."""
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def _step_in_name(path: str) -> int | None:
+    """N of checkpoint-N or step_N (an epoch_E name holds no step)."""
+    match = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(2)) if match and match.group(1) != EPOCH_PREFIX else None
+
+
+def _manifest_step(manifest: dict | None) -> int | None:
+    step = manifest.get("step") if isinstance(manifest, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def checkpoint_step(path: str) -> int | None:
-    match = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(path)))
-    return int(match.group(1)) if match else None
+    """The global step of a checkpoint folder: the one its manifest records, else the N of a checkpoint-N or
+    step_N name; None for a folder whose name is not a checkpoint's (or an epoch_E without a manifest)."""
+    if not is_checkpoint_name(path):
+        return None
+    manifest, _ = _read_manifest(path)
+    step = _manifest_step(manifest)
+    return step if step is not None else _step_in_name(path)
 
 
 def staging_root(output_dir: str) -> str:
     return os.path.join(output_dir, STAGING_DIR_NAME)
 
 
-def staging_path(output_dir: str, step: int) -> str:
-    """Where checkpoint-`step` is written before it is published."""
-    return os.path.join(staging_root(output_dir), f"{CHECKPOINT_PREFIX}{step}")
+def staging_path(output_dir: str, step: int, name: str | None = None) -> str:
+    """Where checkpoint `name` (default checkpoint-`step`) is written before it is published."""
+    return os.path.join(staging_root(output_dir), name or checkpoint_name(step))
 
 
 def _fsync_path(path: str) -> None:
@@ -165,10 +198,16 @@ def publish(staged: str, final: str) -> str:
     return final
 
 
-def publish_checkpoint(staged: str, output_dir: str, step: int, extra: dict | None = None) -> str:
-    """Make a fully written staging folder visible as output_dir/checkpoint-`step` (manifest last)."""
+def publish_checkpoint(
+    staged: str, output_dir: str, step: int, extra: dict | None = None, name: str | None = None
+) -> str:
+    """Make a fully written staging folder visible as output_dir/`name` (default checkpoint-`step`; the
+    manifest, written last, records `step`, which orders checkpoints whatever their names)."""
+    name = name or checkpoint_name(step)
+    if not is_checkpoint_name(name):
+        raise ValueError(f"{name!r} is not a checkpoint name (checkpoint-N, step_N or epoch_E)")
     write_manifest(staged, step, extra)
-    final = publish(staged, os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}"))
+    final = publish(staged, os.path.join(output_dir, name))
     try:
         os.rmdir(os.path.dirname(os.path.normpath(staged)))  # the staging root, once empty
     except OSError:
@@ -243,7 +282,8 @@ def is_complete(folder: str) -> bool:
 
 
 def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
-    """Complete checkpoints in `output_dir`, oldest first; incomplete ones are logged and skipped.
+    """Complete checkpoints in `output_dir` (checkpoint-N, step_N, epoch_E), oldest first by the step their
+    manifests record (then by when they were written); incomplete ones are logged and skipped.
 
     Cheap (sizes only, no checksums): for listing and rotation. To pick a checkpoint to use,
     call `newest_checkpoint`, which verifies it.
@@ -252,16 +292,20 @@ def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
         return []
     found = []
     for name in os.listdir(output_dir):
-        step = checkpoint_step(name)
         folder = os.path.join(output_dir, name)
-        if step is None or not os.path.isdir(folder):
+        if not is_checkpoint_name(name) or not os.path.isdir(folder):
             continue
         reason = incomplete_reason(folder, verify=False)
         if reason is None:
-            found.append((step, folder))
+            manifest, _ = _read_manifest(folder)
+            step = _manifest_step(manifest)
+            step = step if step is not None else (_step_in_name(folder) or 0)
+            written_at = manifest.get("written_at")
+            written_at = written_at if isinstance(written_at, (int, float)) else 0.0
+            found.append((step, written_at, name, folder))
         elif warn:
             logger.warning("Skipping %s: incomplete checkpoint (%s).", folder, reason)
-    return [folder for _, folder in sorted(found)]
+    return [entry[-1] for entry in sorted(found)]
 
 
 def newest_checkpoint(output_dir: str, verify: bool = True) -> str | None:
@@ -469,20 +513,24 @@ def check_same_model(checkpoint: str, model, model_name: str | None = None) -> N
 # --------------------------------------------------------------------------- each recipe's checkpoints
 
 
-def save_accelerate_checkpoint(accelerator, output_dir: str, step: int, save_total_limit: int | None, hub=None) -> str:
+def save_accelerate_checkpoint(
+    accelerator, output_dir: str, step: int, save_total_limit: int | None, hub=None, name: str | None = None
+) -> str:
     """The Accelerate recipe's checkpoint: `save_state` into the staging folder, then one rename makes
-    checkpoint-`step` visible (and, with --push_to_hub, it goes to the hub: a failed upload is
-    logged, training goes on); the oldest beyond --save_total_limit are deleted."""
-    staged = staging_path(output_dir, step)
+    output_dir/`name` visible (step_N or epoch_E, as the no_trainer script names them; default
+    checkpoint-`step`) (and, with --push_to_hub, it goes to the hub: a failed upload is logged,
+    training goes on); the oldest by step beyond --save_total_limit are deleted."""
+    name = name or checkpoint_name(step)
+    staged = staging_path(output_dir, step, name)
     if is_main_process():
         shutil.rmtree(staged, ignore_errors=True)  # what a run killed while writing this step left
     accelerator.wait_for_everyone()
-    with guarded_save(f"checkpoint-{step}", output_dir, staged=staged):
+    with guarded_save(name, output_dir, staged=staged):
         accelerator.save_state(staged)  # every process writes its RNG state; the main one the rest
     accelerator.wait_for_everyone()
-    published = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    published = os.path.join(output_dir, name)
     if is_main_process():
-        publish_checkpoint(staged, output_dir, step)
+        publish_checkpoint(staged, output_dir, step, name=name)
         if hub is not None:
             hub.push_checkpoint(published, step)
         rotate_checkpoints(output_dir, save_total_limit)

@@ -13,7 +13,8 @@
   without one, the basename of `--output_dir`, in the token owner's namespace.
 - `--hub_strategy`: `end` (final push only), `every_save` (the model files of each
   checkpoint to the repository root), `checkpoint` (plus the whole checkpoint under
-  `last-checkpoint/`, for resuming), `all_checkpoints` (plus each under `checkpoint-N/`).
+  `last-checkpoint/`, for resuming), `all_checkpoints` (plus each under its own name: `checkpoint-N/`,
+  or the no_trainer script's `step_N/` and `epoch_E/`).
   A checkpoint that is not a loadable model (no config.json: Accelerate's save_state, as
   the no_trainer script writes) goes under `last-checkpoint/` instead of the root.
 - A failed upload during training is logged and remembered; training goes on and the
@@ -58,7 +59,10 @@ _TRAINING_STATE_PREFIXES = (
 )
 _TRAINING_STATE_NAMES = ("trainer_state.json", MANIFEST_NAME)
 
-UPLOAD_FIX = 'hf upload {repo} {folder} . --exclude "checkpoint-*" --exclude ".*" --exclude "seqtune_run.json"'
+UPLOAD_FIX = (
+    'hf upload {repo} {folder} . --exclude "checkpoint-*" --exclude "step_*" --exclude "epoch_*" --exclude ".*" '
+    '--exclude "seqtune_run.json"'
+)
 
 
 def resolve_token(flag_token: str | None, flag_name: str = "--hub_token") -> tuple[str | None, str | None]:

@@ -21,10 +21,10 @@ from .checkpoints import (
     MANIFEST_NAME,
     STAGING_DIR_NAME,
     TRASH_PREFIX,
-    checkpoint_step,
     clean_leftovers,
     guarded_save,
     incomplete_reason,
+    is_checkpoint_name,
     is_leftover,
     list_checkpoints,
     newest_checkpoint,
@@ -138,13 +138,14 @@ def prepare_output_dir(
             parent = os.path.dirname(os.path.abspath(path))
             raise UserError(
                 f"--resume_from_checkpoint {resume_from_checkpoint} is a file; a checkpoint is a folder. "
-                f"Fix: pass the checkpoint's folder{f' ({parent})' if checkpoint_step(parent) is not None else ''}, "
-                f"e.g. OUTPUT_DIR/checkpoint-500."
+                f"Fix: pass the checkpoint's folder{f' ({parent})' if is_checkpoint_name(parent) else ''}, "
+                f"e.g. OUTPUT_DIR/checkpoint-500 (OUTPUT_DIR/step_500 or OUTPUT_DIR/epoch_1 for the no_trainer script)."
             )
         if not os.path.isdir(path):
             raise UserError(
                 f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder. Fix: check the path "
-                f"(a run's checkpoints are OUTPUT_DIR/checkpoint-N), or leave the flag out to resume from the newest."
+                f"(a run's checkpoints are OUTPUT_DIR/checkpoint-N, or step_N and epoch_N for the no_trainer script), "
+                f"or leave the flag out to resume from the newest."
             )
         reason = incomplete_reason(path)
         if reason is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)):
@@ -254,7 +255,7 @@ def _is_seqtune_checkpoint(output_dir: str, name: str) -> bool:
     """A checkpoint folder seqtune wrote: it has seqtune's manifest, or lies in a seqtune run's folder
     (a killed run's incomplete one)."""
     path = os.path.join(output_dir, name)
-    if checkpoint_step(name) is None or not os.path.isdir(path):
+    if not is_checkpoint_name(name) or not os.path.isdir(path):
         return False
     return os.path.exists(os.path.join(path, MANIFEST_NAME)) or _read_run_marker(output_dir) is not None
 
@@ -267,7 +268,7 @@ def _refuse_to_write_over_foreign_files(output_dir: str) -> None:
         name
         for name in _entries(output_dir)
         if name not in own
-        and checkpoint_step(name) is None
+        and not is_checkpoint_name(name)
         and (name in RUN_FILES or name in MODEL_FILE_NAMES or (name.startswith("plot_") and name.endswith(".png")))
     ]
     if at_risk:
@@ -282,10 +283,14 @@ def remove_own_files(output_dir: str) -> list[str]:
     rest. Returns the names removed."""
     clean_leftovers(output_dir)
     own = seqtunes_files(output_dir)
+    names = sorted(os.listdir(output_dir))
+    # Decided before anything is deleted: the run marker (which sorts before step_N) tells an incomplete
+    # checkpoint of the run from the user's folder.
+    checkpoints = {name for name in names if _is_seqtune_checkpoint(output_dir, name)}
     removed = []
-    for name in sorted(os.listdir(output_dir)):
+    for name in names:
         path = os.path.join(output_dir, name)
-        if name in own or _is_seqtune_checkpoint(output_dir, name):
+        if name in own or name in checkpoints:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:

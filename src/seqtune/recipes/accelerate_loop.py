@@ -12,7 +12,9 @@ TPUs through xla_spawn's `_mp_fn`). Everything but the loop comes from the same 
 
 Exact resume: a checkpoint is Accelerate's `save_state` (model, optimizer, schedule, the
 RNG states of every process) plus `LoopState` (epoch, batches of it already seen, steps,
-loss sum), written through `seqtune.checkpoints` (staging folder, manifest, one rename).
+loss sum), written through `seqtune.checkpoints` (staging folder, manifest, one rename) as
+`step_N` (--checkpointing_steps N) or `epoch_E` (--checkpointing_steps epoch), the Hugging Face
+script's names.
 The order of the training data depends only on --seed and the epoch (Accelerate's
 seedable sampler), and the data loaders draw from their own generators, never from the
 global RNG that dropout uses; so on resume `skip_first_batches` skips the batches already
@@ -394,7 +396,7 @@ def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
         run.log.append({**eval_metrics, "step": run.state.completed_steps})
         if args.checkpointing_steps == "epoch":
             totals.flush()
-            save_checkpoint(run, args, hub)
+            save_checkpoint(run, args, hub, f"{checkpoints.EPOCH_PREFIX}{epoch}")
     bar.close()
     totals.flush()
     return eval_metrics or evaluate(run)  # resumed from a checkpoint after the last step: evaluate once
@@ -431,6 +433,8 @@ def train_one_epoch(
         bar.update(1)
         log_and_checkpoint(run, args, epoch, totals, bar, hub)
         if state.completed_steps >= run.max_train_steps:
+            if state.batches_seen >= len(run.train_loader):  # its last step: the epoch ran to its end as well,
+                state.epoch, state.batches_seen = epoch + 1, 0  # so epoch_E resumes at epoch E + 1
             return
     state.epoch, state.batches_seen = epoch + 1, 0  # the epoch ran to its end
 
@@ -474,12 +478,14 @@ def log_and_checkpoint(
         run.log.append({"step": step, "epoch": epoch, "loss": interval_loss, "learning_rate": learning_rate})
     if args.checkpoint_every and step % args.checkpoint_every == 0:
         totals.flush()  # the checkpoint holds every step's loss
-        save_checkpoint(run, args, hub)
+        save_checkpoint(run, args, hub, f"{checkpoints.STEP_PREFIX}{step}")
 
 
-def save_checkpoint(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> None:
+def save_checkpoint(run: LoopRun, args: LoopArguments, hub: HubPusher | None, name: str) -> None:
+    """Checkpoint `name`: step_N (N the global step) or epoch_E (E the 0-based epoch just finished), the names
+    the Hugging Face no_trainer script gives them; the manifest records the step, which orders them."""
     checkpoints.save_accelerate_checkpoint(
-        run.accelerator, args.output_dir, run.state.completed_steps, args.save_total_limit, hub
+        run.accelerator, args.output_dir, run.state.completed_steps, args.save_total_limit, hub, name=name
     )
 
 
