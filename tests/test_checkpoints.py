@@ -313,3 +313,42 @@ def test_only_untied_missing_weights_count_as_missing():
 
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # its own copy now
     assert ck.untied_missing_keys(model, tied) == ["lm_head.weight"]
+
+
+# --------------------------------------------------------------------------- checkpoints of other tools
+
+
+def test_manifest_less_checkpoints_count_when_their_writers_last_files_are_there(tmp_path, caplog):
+    """Checkpoints of transformers' Trainer and of the no_trainer script's save_state (a run switched to
+    seqtune mid-way): complete once the files their writers write last are there."""
+    from seqtune.errors import UserError
+
+    trainer = tmp_path / "checkpoint-2"
+    trainer.mkdir()
+    for name in ("model.safetensors", "optimizer.pt"):
+        (trainer / name).write_bytes(b"x")
+    assert ck.foreign_writer(str(trainer)) is None  # killed before trainer_state.json: incomplete
+    assert ck.list_checkpoints(str(tmp_path)) == []
+    (trainer / "trainer_state.json").write_text("{}")
+    assert ck.foreign_writer(str(trainer)) == ck.TRAINER_WRITER
+    assert ck.list_checkpoints(str(tmp_path)) == [str(trainer)]
+    with caplog.at_level("INFO", logger="seqtune.checkpoints"):
+        assert ck.newest_checkpoint(str(tmp_path), announce=True) == str(trainer)
+    assert (
+        "checkpoint-2 has no seqtune manifest: written by transformers' Trainer; resuming from it as it is."
+        in caplog.text
+    )
+    step = tmp_path / "step_6"
+    step.mkdir()
+    for name in ("model.safetensors", "optimizer.bin"):
+        (step / name).write_bytes(b"x")
+    assert ck.foreign_writer(str(step)) is None  # no RNG state yet: save_state did not finish
+    (step / "random_states_0.pkl").write_bytes(b"x")
+    assert ck.foreign_writer(str(step)) == ck.ACCELERATE_WRITER
+    assert ck.newest_checkpoint(str(tmp_path)) == str(step)
+    ck.check_accelerate_checkpoint(str(step), "prog")  # accepted
+    with pytest.raises(UserError, match="not a checkpoint of prog"):
+        ck.check_accelerate_checkpoint(str(trainer), "prog")
+    (step / ck.MANIFEST_NAME).write_text("{broken")  # seqtune's manifest decides: unreadable, skipped
+    assert ck.foreign_writer(str(step)) is None
+    assert ck.newest_checkpoint(str(tmp_path)) == str(trainer)

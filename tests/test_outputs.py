@@ -198,6 +198,33 @@ def test_resumes_from_the_newest_by_step_whatever_its_name(tmp_path):
     assert explicit == str(output_dir / "epoch_0")
 
 
+def hf_trainer_checkpoint(output_dir, step: int):
+    """The files transformers' Trainer writes in checkpoint-`step` (no seqtune manifest)."""
+    folder = output_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        (folder / name).write_bytes(b"{}")
+    return folder
+
+
+def test_a_folder_of_transformers_trainer_is_resumed_not_refused(tmp_path, caplog):
+    """The same command run with seqtune instead of the Hugging Face script: no seqtune_run.json there."""
+    output_dir = tmp_path / "run"
+    hf_trainer_checkpoint(output_dir, 2)
+    newest = hf_trainer_checkpoint(output_dir, 4)
+    half_written = output_dir / "checkpoint-6"  # transformers was killed before trainer_state.json
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"{}")
+    with caplog.at_level("INFO"):
+        assert prepare_output_dir(str(output_dir), False, None, True) == str(newest)
+    assert "checkpoint-4 has no seqtune manifest: written by transformers' Trainer; resuming from it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        given = prepare_output_dir(str(output_dir), False, str(output_dir / "checkpoint-2"), True)
+    assert given == str(output_dir / "checkpoint-2")
+    assert "checkpoint-2 has no seqtune manifest: written by transformers' Trainer" in caplog.text
+
+
 def test_overwrite_removes_step_and_epoch_checkpoints_too(tmp_path):
     output_dir = tmp_path / "run"
     start_run(output_dir)

@@ -18,7 +18,9 @@ saying why. A checkpoint about to be used is verified against its checksums as w
 after it was written) is skipped the same way, so a rerun resumes from the one before.
 Manifests of older seqtune versions have no checksums: their sizes are checked only.
 Deleting (rotation) renames a checkpoint away first, so a half-deleted folder never
-looks complete.
+looks complete. Checkpoints transformers' Trainer or the Hugging Face no_trainer script wrote (no
+manifest) count when the files their writer writes last are there (`foreign_writer`): a run switched
+to seqtune mid-way resumes from them.
 """
 
 from __future__ import annotations
@@ -281,6 +283,76 @@ def is_complete(folder: str) -> bool:
     return os.path.isdir(folder) and incomplete_reason(folder, verify=False) is None
 
 
+# --------------------------------------------------------------------------- checkpoints of other tools
+
+# A run switched to seqtune mid-way (the same command, seqtune's scripts instead of Hugging Face's) finds the
+# checkpoints transformers' Trainer (checkpoint-N) or Accelerate's save_state in the no_trainer script (step_N,
+# epoch_E) wrote, with no seqtune manifest. Such a folder counts as complete when it holds the files its writer
+# writes last (the Trainer: trainer_state.json after the model and optimizer.pt; save_state: the process's RNG
+# state after the model and optimizer.bin). This does not weaken crash safety: seqtune's own half-written
+# checkpoints never carry a checkpoint name (they are written in the staging folder and renamed once the
+# manifest is in), so a manifest-less folder with a checkpoint's name was written by another tool.
+TRAINER_WRITER = "transformers' Trainer"
+ACCELERATE_WRITER = "Accelerate's save_state (the Hugging Face no_trainer script)"
+
+
+def _model_files_present(folder: str, names) -> bool:
+    """Whether a model file of `names` is in `folder`, with every shard an index names."""
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        if not name.endswith(".index.json"):
+            return True
+        try:
+            with open(path, encoding="utf-8") as handle:
+                shards = set(json.load(handle)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return all(os.path.isfile(os.path.join(folder, shard)) for shard in shards)
+    return False
+
+
+def foreign_writer(folder: str) -> str | None:
+    """Who wrote `folder`, a complete checkpoint without a seqtune manifest (transformers' Trainer, or
+    Accelerate's save_state as the Hugging Face no_trainer script calls it); None when it is neither (or
+    has a seqtune manifest: then only the manifest says whether it is complete)."""
+    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, MANIFEST_NAME)):
+        return None
+
+    def has(name: str) -> bool:
+        return os.path.isfile(os.path.join(folder, name))
+
+    if has("trainer_state.json") and has("optimizer.pt") and _model_files_present(folder, MODEL_WEIGHT_FILES):
+        return TRAINER_WRITER
+    if (
+        has("optimizer.bin")
+        and has("random_states_0.pkl")
+        and _model_files_present(folder, ("model.safetensors", "pytorch_model.bin"))
+    ):
+        return ACCELERATE_WRITER
+    return None
+
+
+def foreign_checkpoint_note(folder: str) -> str | None:
+    """The log line for resuming from a checkpoint another tool wrote (None for seqtune's own)."""
+    writer = foreign_writer(folder)
+    if writer is None:
+        return None
+    name = os.path.basename(os.path.normpath(folder))
+    return f"{name} has no seqtune manifest: written by {writer}; resuming from it as it is."
+
+
+def _foreign_sort_step(folder: str) -> int:
+    """The step a manifest-less checkpoint is ordered by: N of checkpoint-N and step_N; an epoch_E holds at
+    least E + 1 steps (the real number depends on the data: seqtune's own checkpoints record it)."""
+    step = _step_in_name(folder)
+    if step is not None:
+        return step
+    match = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder)))
+    return int(match.group(2)) + 1 if match else 0
+
+
 def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
     """Complete checkpoints in `output_dir` (checkpoint-N, step_N, epoch_E), oldest first by the step their
     manifests record (then by when they were written); incomplete ones are logged and skipped.
@@ -296,7 +368,9 @@ def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
         if not is_checkpoint_name(name) or not os.path.isdir(folder):
             continue
         reason = incomplete_reason(folder, verify=False)
-        if reason is None:
+        if reason is not None and foreign_writer(folder) is not None:  # transformers' or Accelerate's own
+            found.append((_foreign_sort_step(folder), os.path.getmtime(folder), name, folder))
+        elif reason is None:
             manifest, _ = _read_manifest(folder)
             step = _manifest_step(manifest)
             step = step if step is not None else (_step_in_name(folder) or 0)
@@ -308,13 +382,25 @@ def list_checkpoints(output_dir: str, warn: bool = True) -> list[str]:
     return [entry[-1] for entry in sorted(found)]
 
 
-def newest_checkpoint(output_dir: str, verify: bool = True) -> str | None:
+def newest_checkpoint(
+    output_dir: str, verify: bool = True, announce: bool = False, ignore: tuple | list = ()
+) -> str | None:
     """The newest complete checkpoint whose files match their checksums (the one to resume from).
 
     Incomplete and damaged ones are skipped with a log line saying why; the checksums of
-    older ones are read only while newer ones fail. `verify=False`: sizes only.
+    older ones are read only while newer ones fail. `verify=False`: sizes only. A checkpoint of
+    transformers' Trainer or of the no_trainer script (`foreign_writer`) is taken as it is;
+    `announce=True` (choosing where to resume) logs that. `ignore`: names of folders not to take
+    (the foreign checkpoints a run started afresh over with --overwrite_output_dir).
     """
     for folder in reversed(list_checkpoints(output_dir)):
+        if os.path.basename(folder) in ignore:
+            continue
+        note = foreign_checkpoint_note(folder)
+        if note is not None:  # no checksums to verify: as it is
+            if announce:
+                logger.info(note)
+            return folder
         reason = damage_reason(folder) if verify else None
         if reason is None:
             return folder
@@ -540,13 +626,27 @@ def save_accelerate_checkpoint(
 
 
 def check_accelerate_checkpoint(folder: str | None, prog: str) -> None:
-    """Refuse a folder the Accelerate recipe cannot resume from (a Trainer checkpoint, say) before anything runs."""
+    """Refuse a folder the Accelerate recipe cannot resume from (a Trainer checkpoint, say) before anything runs.
+
+    It takes its own checkpoints (with custom_checkpoint_0.pkl, the loop's position) and those of the Hugging
+    Face no_trainer script (save_state without it: the position is in the name, step_N or epoch_E)."""
     folder = os.path.expanduser(folder) if folder else None
-    if folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "custom_checkpoint_0.pkl")):
+    if not folder or not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "custom_checkpoint_0.pkl")):
+        return
+    if foreign_writer(folder) == ACCELERATE_WRITER:
+        match = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder)))
+        if match and match.group(1) != CHECKPOINT_PREFIX:
+            return
         raise UserError(
-            f"{folder} is not a checkpoint of {prog} (no custom_checkpoint_0.pkl; a Trainer checkpoint?). "
-            f"Fix: resume from a checkpoint this script wrote, or pass --overwrite_output_dir to start afresh."
+            f"{folder} is a checkpoint of Accelerate's save_state without {prog}'s position in it: its name must "
+            f"be step_N or epoch_E (as the Hugging Face no_trainer script names them) to tell where training stands. "
+            f"Fix: rename it to the step_N it was saved at, or resume from another checkpoint."
         )
+    raise UserError(
+        f"{folder} is not a checkpoint of {prog} (no custom_checkpoint_0.pkl, nor the model, optimizer.bin and "
+        f"random_states_0.pkl of the no_trainer script; a Trainer checkpoint?). "
+        f"Fix: resume from a checkpoint this script wrote, or pass --overwrite_output_dir to start afresh."
+    )
 
 
 def save_trainer_checkpoint(trainer, write_checkpoint) -> None:

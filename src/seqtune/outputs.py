@@ -22,6 +22,7 @@ from .checkpoints import (
     STAGING_DIR_NAME,
     TRASH_PREFIX,
     clean_leftovers,
+    foreign_checkpoint_note,
     guarded_save,
     incomplete_reason,
     is_checkpoint_name,
@@ -122,7 +123,8 @@ def prepare_output_dir(
 
     - `--resume_from_checkpoint PATH`: that checkpoint (it must be complete).
     - Non-empty dir without `--overwrite_output_dir`: resume from its newest complete
-      checkpoint; a seqtune run killed before its first checkpoint starts again; anything
+      checkpoint (also one of transformers' Trainer or of the Hugging Face no_trainer script, for a run
+      switched to seqtune mid-way); a seqtune run killed before its first checkpoint starts again; anything
       else is refused, so nothing of the user's is overwritten.
     - With `--overwrite_output_dir`: seqtune's own files and checkpoints are removed first.
     """
@@ -153,7 +155,10 @@ def prepare_output_dir(
                 f"--resume_from_checkpoint {resume_from_checkpoint} is incomplete ({reason}). "
                 f"Fix: resume from an earlier checkpoint."
             )
-        if reason is not None:
+        note = foreign_checkpoint_note(path) if reason is not None else None
+        if note is not None:  # transformers' Trainer or the no_trainer script wrote it (a switch mid-run)
+            logger.info(note)
+        elif reason is not None:
             logger.warning("%s has no seqtune manifest; resuming from it as it is.", path)
         if not do_train:
             logger.warning("--resume_from_checkpoint has no effect without --do_train.")
@@ -175,11 +180,15 @@ def prepare_output_dir(
         if is_main_process():
             _refuse_to_write_over_foreign_files(output_dir)
             remove_own_files(output_dir)
+            _ignore_foreign_checkpoints(output_dir)
         barrier()
         _check_writable(output_dir)
         return None
 
-    checkpoint = newest_checkpoint(output_dir) if do_train else None
+    # Checkpoints transformers' Trainer or the no_trainer script wrote count too (no seqtune_run.json then):
+    # the same command run with seqtune instead resumes from them.
+    ignored = (_read_run_marker(output_dir) or {}).get("ignored_checkpoints", [])
+    checkpoint = newest_checkpoint(output_dir, announce=True, ignore=ignored) if do_train else None
     if checkpoint is not None:
         logger.info("Resuming from %s, the newest complete checkpoint in %s.", checkpoint, output_dir)
         _clean_leftovers_on_main(output_dir)
@@ -275,6 +284,20 @@ def _refuse_to_write_over_foreign_files(output_dir: str) -> None:
         raise UserError(
             f"--output_dir {output_dir} holds files seqtune did not write but would write over: "
             f"{', '.join(at_risk)}. Fix: move them out of the folder, or choose another --output_dir."
+        )
+
+
+def _ignore_foreign_checkpoints(output_dir: str) -> None:
+    """Starting afresh over checkpoints the Hugging Face scripts wrote (not seqtune's to delete): the run
+    record says to leave them out, so that a rerun of this run never resumes from them."""
+    foreign = [os.path.basename(c) for c in list_checkpoints(output_dir, warn=False) if foreign_checkpoint_note(c)]
+    if foreign:
+        logger.info(
+            "--overwrite_output_dir: keeping %s (not written by seqtune), never resumed from.", ", ".join(foreign)
+        )
+        atomic_write_json(
+            os.path.join(output_dir, RUN_MARKER),
+            {"status": "running", "files": [RUN_MARKER], "ignored_checkpoints": foreign},
         )
 
 

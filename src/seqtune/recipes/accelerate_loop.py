@@ -32,6 +32,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ class LoopState:
     completed_steps: int = 0  # optimizer steps
     loss_sum: float = 0.0  # sum over optimizer steps of the step's loss (mean over processes)
     total_flos: float = 0.0  # floating-point operations of all processes (the Trainer's estimate)
+    steps_without_loss: int = 0  # steps taken before a switch from the no_trainer script (loss not known)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -321,10 +323,44 @@ def build_optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer
 
 def resume(run: LoopRun, checkpoint: str) -> None:
     logger.info("Resuming from %s.", checkpoint)
-    run.accelerator.load_state(checkpoint)
+    if os.path.isfile(os.path.join(checkpoint, "custom_checkpoint_0.pkl")):
+        run.accelerator.load_state(checkpoint)
+    else:
+        _resume_from_no_trainer_script(run, checkpoint)
     state = run.state
     logger.info(
         "Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch, state.batches_seen
+    )
+
+
+def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str) -> None:
+    """A checkpoint of the Hugging Face no_trainer script (`checkpoints.check_accelerate_checkpoint` let it in):
+    save_state without LoopState, which that script keeps in the folder's name. Load it with LoopState
+    unregistered (load_state loads every registered object and would miss its pickle), then work out the
+    position from the name as that script does."""
+    accelerator, state = run.accelerator, run.state
+    registered = accelerator._custom_objects
+    accelerator._custom_objects = [obj for obj in registered if obj is not state]
+    try:
+        accelerator.load_state(checkpoint)
+    finally:
+        accelerator._custom_objects = registered
+    name = os.path.basename(os.path.normpath(checkpoint))
+    number = int(name.rsplit("_", 1)[1])
+    accumulation = accelerator.gradient_accumulation_steps
+    if name.startswith(checkpoints.EPOCH_PREFIX):  # epoch_E: epochs 0..E done
+        state.epoch, state.completed_steps, state.batches_seen = number + 1, (number + 1) * run.steps_per_epoch, 0
+    else:  # step_N
+        state.completed_steps = number
+        state.epoch = number // run.steps_per_epoch
+        state.batches_seen = (number % run.steps_per_epoch) * accumulation
+    state.loss_sum, state.total_flos, state.steps_without_loss = 0.0, 0.0, state.completed_steps
+    logger.info(
+        "%s was written by the Hugging Face no_trainer script (no seqtune position in it): resuming at step %d as "
+        "its name says; the training loss before the switch is not known (train_loss averages the steps "
+        "from here on).",
+        name,
+        state.completed_steps,
     )
 
 
@@ -553,7 +589,7 @@ def predict(run: LoopRun, dataset, args: LoopArguments) -> dict:
 def training_metrics(run: LoopRun, runtime: float, tokenize_runtime: float) -> dict:
     state, steps = run.state, run.steps_this_run
     return {
-        "train_loss": state.loss_sum / max(state.completed_steps, 1),
+        "train_loss": state.loss_sum / max(state.completed_steps - state.steps_without_loss, 1),
         "train_runtime": round(runtime, 4),
         "train_samples_per_second": round(steps * run.total_batch / max(runtime, 1e-9), 3),
         "train_steps_per_second": round(steps / max(runtime, 1e-9), 3),
