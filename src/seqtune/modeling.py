@@ -173,14 +173,8 @@ def _match_special_tokens(config, tokenizer, replace: bool) -> None:
             logger.info("The new model's decoder starts with token id %d (decoder_start_token_id).", start)
 
 
-def load_seq2seq(model_args: ModelArguments):
-    """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder.
-
-    Without --model_name_or_path, --config_name (or --model_type) gives the config of a new model
-    with random weights (training from scratch); the tokenizer then comes from --tokenizer_name.
-    """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
-
+def _check_model_arguments(model_args: ModelArguments) -> None:
+    """A model to load or a config to start from, paths that exist, and a tokenizer for a new model."""
     name = model_args.model_name_or_path
     model_type = getattr(model_args, "model_type", None)
     if not name and not model_args.config_name and not model_type:
@@ -205,6 +199,49 @@ def load_seq2seq(model_args: ModelArguments):
             f"a pre-trained model."
         )
 
+
+def _load_or_create_model(model_args: ModelArguments, config, label: str):
+    """The pre-trained model of --model_name_or_path, or a new one with random weights from `config`."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    name, model_type, config_name = (
+        model_args.model_name_or_path,
+        getattr(model_args, "model_type", None),
+        model_args.config_name,
+    )
+    if name:
+        try:
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                name,
+                config=config,
+                **_hub_options(model_args),
+            )
+        except (OSError, ValueError) as error:
+            raise _explain_load_error("model", name, error) from None
+    else:
+        logger.warning(
+            "Training a new %s model from scratch: random weights, config from %s (no --model_name_or_path).",
+            config.model_type,
+            config_name or f"--model_type {model_type}",
+        )
+        try:
+            model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise _explain_load_error("model", label, error) from None
+    return model
+
+
+def load_seq2seq(model_args: ModelArguments):
+    """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder.
+
+    Without --model_name_or_path, --config_name (or --model_type) gives the config of a new model
+    with random weights (training from scratch); the tokenizer then comes from --tokenizer_name.
+    """
+    from transformers import AutoConfig
+
+    name = model_args.model_name_or_path
+    model_type = getattr(model_args, "model_type", None)
+    _check_model_arguments(model_args)
     config_name = model_args.config_name or name
     if config_name:
         _check_model_folder("config_name" if model_args.config_name else "model_name_or_path", config_name)
@@ -227,25 +264,7 @@ def load_seq2seq(model_args: ModelArguments):
     tokenizer = load_tokenizer(model_args.tokenizer_name or name, model_args)
     if not name:
         _match_special_tokens(config, tokenizer, replace=not config_name)
-    if name:
-        try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(
-                name,
-                config=config,
-                **_hub_options(model_args),
-            )
-        except (OSError, ValueError) as error:
-            raise _explain_load_error("model", name, error) from None
-    else:
-        logger.warning(
-            "Training a new %s model from scratch: random weights, config from %s (no --model_name_or_path).",
-            config.model_type,
-            config_name or f"--model_type {model_type}",
-        )
-        try:
-            model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
-        except (OSError, ValueError) as error:
-            raise _explain_load_error("model", label, error) from None
+    model = _load_or_create_model(model_args, config, label)
 
     # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
     embedding_size = model.get_input_embeddings().weight.shape[0]

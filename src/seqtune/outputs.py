@@ -135,33 +135,7 @@ def prepare_output_dir(
         lock_output_dir(output_dir)  # before anything in it is read, cleaned or removed
 
     if resume_from_checkpoint:
-        path = os.path.expanduser(resume_from_checkpoint)
-        if os.path.isfile(path):
-            parent = os.path.dirname(os.path.abspath(path))
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint} is a file; a checkpoint is a folder. "
-                f"Fix: pass the checkpoint's folder{f' ({parent})' if is_checkpoint_name(parent) else ''}, "
-                f"e.g. OUTPUT_DIR/checkpoint-500 (OUTPUT_DIR/step_500 or OUTPUT_DIR/epoch_1 for the no_trainer script)."
-            )
-        if not os.path.isdir(path):
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder. Fix: check the path "
-                f"(a run's checkpoints are OUTPUT_DIR/checkpoint-N, or step_N and epoch_N for the no_trainer script), "
-                f"or leave the flag out to resume from the newest."
-            )
-        reason = incomplete_reason(path)
-        if reason is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)):
-            raise UserError(
-                f"--resume_from_checkpoint {resume_from_checkpoint} is incomplete ({reason}). "
-                f"Fix: resume from an earlier checkpoint."
-            )
-        note = foreign_checkpoint_note(path) if reason is not None else None
-        if note is not None:  # transformers' Trainer or the no_trainer script wrote it (a switch mid-run)
-            logger.info(note)
-        elif reason is not None:
-            logger.warning("%s has no seqtune manifest; resuming from it as it is.", path)
-        if not do_train:
-            logger.warning("--resume_from_checkpoint has no effect without --do_train.")
+        path = _given_checkpoint(resume_from_checkpoint, do_train)
         if not overwrite and _holds_foreign_files(output_dir, path):
             raise UserError(
                 f"--output_dir {output_dir} already holds files that are not a seqtune run ({_listing(output_dir)}); "
@@ -203,6 +177,39 @@ def prepare_output_dir(
         f"--output_dir {output_dir} already holds {what} and no checkpoint to resume from ({_listing(output_dir)}). "
         f"Fix: pass --overwrite_output_dir to replace seqtune's files there, or choose another --output_dir."
     )
+
+
+def _given_checkpoint(resume_from_checkpoint: str, do_train: bool) -> str:
+    """The folder --resume_from_checkpoint names, checked: a folder, complete and undamaged (or written by
+    transformers' Trainer or the no_trainer script, used as it is)."""
+    path = os.path.expanduser(resume_from_checkpoint)
+    if os.path.isfile(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} is a file; a checkpoint is a folder. "
+            f"Fix: pass the checkpoint's folder{f' ({parent})' if is_checkpoint_name(parent) else ''}, "
+            f"e.g. OUTPUT_DIR/checkpoint-500 (OUTPUT_DIR/step_500 or OUTPUT_DIR/epoch_1 for the no_trainer script)."
+        )
+    if not os.path.isdir(path):
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: no such folder. Fix: check the path "
+            f"(a run's checkpoints are OUTPUT_DIR/checkpoint-N, or step_N and epoch_N for the no_trainer script), "
+            f"or leave the flag out to resume from the newest."
+        )
+    reason = incomplete_reason(path)
+    if reason is not None and os.path.exists(os.path.join(path, MANIFEST_NAME)):
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} is incomplete ({reason}). "
+            f"Fix: resume from an earlier checkpoint."
+        )
+    note = foreign_checkpoint_note(path) if reason is not None else None
+    if note is not None:  # transformers' Trainer or the no_trainer script wrote it (a switch mid-run)
+        logger.info(note)
+    elif reason is not None:
+        logger.warning("%s has no seqtune manifest; resuming from it as it is.", path)
+    if not do_train:
+        logger.warning("--resume_from_checkpoint has no effect without --do_train.")
+    return path
 
 
 def _holds_foreign_files(output_dir: str, checkpoint: str) -> bool:
