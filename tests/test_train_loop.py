@@ -419,68 +419,25 @@ def check_two_process_run(result, out, references) -> None:
     assert not any(checkpoints.is_leftover(name) for name in os.listdir(out))
 
 
-def test_accelerate_launch_two_cpu_processes(t5_model, tmp_path, isolated_hf_home):
+def run_two_processes(t5_model, tmp_path, launcher: list[str]) -> None:
+    """The loop under a two-process launcher: 2 steps, a checkpoint, predictions; checked against one process."""
     files = distributed_world(str(tmp_path / "data"))
     out = tmp_path / "out"
-    launcher = accelerate_command() + [
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
-    result = run_script(
-        LOOP_SCRIPT,
-        loop_args(
-            t5_model,
-            files,
-            out,
-            "--per_device_train_batch_size",
-            "2",
-            "--per_device_eval_batch_size",
-            "2",
-            "--max_train_steps",
-            "2",
-            "--checkpointing_steps",
-            "2",
-            "--do_predict",
-        ),
-        launcher=launcher,
-    )
+    flags = ["--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2", "--max_train_steps", "2"]
+    flags += ["--checkpointing_steps", "2", "--do_predict"]
+    result = run_script(LOOP_SCRIPT, loop_args(t5_model, files, out, *flags), launcher=launcher)
     references = [row["summary"] for row in synthetic_corpus(44, seed=3)[39:]]
     check_two_process_run(result, out, references)
+
+
+def test_accelerate_launch_two_cpu_processes(t5_model, tmp_path, isolated_hf_home):
+    launch = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "--main_process_port", "0"]
+    run_two_processes(t5_model, tmp_path, accelerate_command() + launch)
 
 
 def test_torchrun_two_processes(t5_model, tmp_path, isolated_hf_home):
-    files = distributed_world(str(tmp_path / "data"))
-    out = tmp_path / "out"
-    result = run_script(
-        LOOP_SCRIPT,
-        loop_args(
-            t5_model,
-            files,
-            out,
-            "--per_device_train_batch_size",
-            "2",
-            "--per_device_eval_batch_size",
-            "2",
-            "--max_train_steps",
-            "2",
-            "--checkpointing_steps",
-            "2",
-            "--do_predict",
-        ),
-        launcher=torchrun(2),
-    )
-    references = [row["summary"] for row in synthetic_corpus(44, seed=3)[39:]]
-    check_two_process_run(result, out, references)
+    run_two_processes(t5_model, tmp_path, torchrun(2))
 
 
 def test_torch_compile_trains_like_eager_and_its_checkpoints_resume(t5_model, corpus_files, tmp_path, isolated_hf_home):
