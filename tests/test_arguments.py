@@ -180,6 +180,22 @@ def test_trainer_arguments_are_checked_as_the_loops_are(flags, message, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("types", [TRAINER_TYPES, LOOP_TYPES], ids=["trainer", "loop"])
+@pytest.mark.parametrize(
+    "flag,value", [("--learning_rate", "nan"), ("--max_grad_norm", "inf"), ("--weight_decay", "-inf")]
+)
+def test_nan_and_infinity_are_refused_by_name(types, flag, value, tmp_path):
+    """The fuzz test's find: --save_steps inf ended in an OverflowError inside transformers."""
+    with pytest.raises(UserError, match=re.escape(f"{flag} must be a finite number, got {float(value)}")):
+        parse_arguments(types, ["--output_dir", str(tmp_path / "out"), f"{flag}={value}"])
+
+
+@pytest.mark.parametrize("flag", ["--save_steps", "--logging_steps", "--eval_steps"])
+def test_trainer_step_counts_refuse_infinity(flag, tmp_path):
+    with pytest.raises(UserError, match=f"{flag} must be a finite number"):
+        parse_arguments(TRAINER_TYPES, ["--output_dir", str(tmp_path / "out"), flag, "inf"])
+
+
 def test_trainer_evaluation_only_with_zero_epochs_is_fine(tmp_path):
     args = parse_arguments(TRAINER_TYPES, ["--output_dir", str(tmp_path), "--do_eval", "--num_train_epochs", "0"])[2]
     assert args.num_train_epochs == 0

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import MISSING, dataclass, field, fields
@@ -243,6 +244,13 @@ class OutputArguments:
         if self.resume_from_checkpoint:
             self.resume_from_checkpoint = os.path.expanduser(self.resume_from_checkpoint)
 
+    def check_numbers_are_finite(self) -> None:
+        """nan and inf parse as floats, then end deep in a run (or in transformers' own checks) as a traceback."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{item.name} must be a finite number, got {value}.")
+
     def check_at_least_one(self, *names: str) -> None:
         for name in names:
             if getattr(self, name) < 1:
@@ -297,6 +305,7 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         self.check_output_dir()
+        self.check_numbers_are_finite()
         self.check_at_least_one(
             "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"
         )
@@ -468,6 +477,7 @@ class LoopArguments(OutputArguments):
 
     def __post_init__(self):
         self.check_output_dir()
+        self.check_numbers_are_finite()
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
         if self.max_length is not None:
             self.check_at_least_one("max_length")
@@ -581,7 +591,7 @@ def _suggestion(name: str, known) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _coerce(value, action: argparse.Action, where: str):
+def _coerce(value, action: argparse.Action, where: str, takes_dict: bool = False):
     """A config file's value as the command line would have turned its text into the flag's value."""
     if value is None:
         if action.default is not None:  # the command line cannot make this flag empty either
@@ -590,8 +600,10 @@ def _coerce(value, action: argparse.Action, where: str):
                 f"default ({getattr(action.default, 'value', action.default)!r})."
             )
         return None
-    if isinstance(value, dict):  # a JSON-valued flag (accelerator_config)
-        return value
+    if isinstance(value, dict):
+        if takes_dict:  # a JSON-valued flag (accelerator_config, lr_scheduler_kwargs)
+            return value
+        raise UserError(f"{where}: got a mapping ({value!r}), expected one value. Fix: write one value.")
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
         return [_coerce_one(item, action, where) for item in (value if isinstance(value, list) else [value])]
     return _coerce_one(value, action, where)
@@ -631,7 +643,18 @@ def _config_values(config: dict, parser: HfArgumentParser, path: str) -> dict:
                 f"config file {path}: unknown key {key!r}{_suggestion(key, actions)}. "
                 f"Fix: use the flag names without the leading -- (run with -h to list them)."
             )
-    return {key: _coerce(value, actions[key], f"config file {path}, key {key!r}") for key, value in config.items()}
+    # From the annotations as written: HfArgumentParser rewrites the fields' own types (dict | str → str).
+    takes_dict = {
+        name
+        for dtype in parser.dataclass_types
+        for cls in dtype.__mro__
+        for name, annotation in vars(cls).get("__annotations__", {}).items()
+        if "dict" in str(annotation).lower()
+    }
+    return {
+        key: _coerce(value, actions[key], f"config file {path}, key {key!r}", key in takes_dict)
+        for key, value in config.items()
+    }
 
 
 def parse_arguments(dataclass_types, argv: list[str] | None = None, prog: str | None = None):
