@@ -287,3 +287,48 @@ def test_a_model_trained_from_scratch_says_so(tmp_path):
     card = render_model_card(str(tmp_path / "run"), {**local_info(), "from_scratch": "model type t5"})
     assert "A model trained from scratch (model type t5, random initial weights)" in card
     assert "fine-tuned version" not in card
+
+
+def translation_info(**changes) -> dict:
+    info = {
+        "task": "translation",
+        "languages": ["en", "ro"],
+        "source_prefix": "translate English to Romanian: ",
+        "metrics": {"eval_bleu": 27.5, "eval_chrf": 55.25, "eval_gen_len": 30.0},
+        "command": ["run_translation.py", "--source_lang", "en", "--target_lang", "ro"],
+    }
+    return local_info(**{**info, **changes})
+
+
+def test_translation_card_names_the_task_the_languages_and_the_translate_usage(tmp_path):
+    card = render_model_card(str(tmp_path / "ro-run"), translation_info())
+    assert metadata_of(card) == {
+        "library_name": "transformers",
+        "pipeline_tag": "translation",
+        "tags": ["translation", "seqtune"],
+        "language": ["en", "ro"],
+    }
+    assert "A fine-tuned version of an unnamed base model for **translation** from en to ro, trained with" in card
+    usage = section(card, "Usage")
+    assert 'translator = pipeline("translation", model="path/to/ro-run")' in usage
+    code = usage.split("```python\n", 1)[1].split("```", 1)[0]
+    compile(code, "usage", "exec")  # Python
+    assert "print(translator('translate English to Romanian: ' + text)[0][\"translation_text\"])" in code
+    assert "applies the prefix and the languages itself: `seqtune translate --model path/to/ro-run --lines" in usage
+    assert "| eval_bleu | 27.5000 |" in section(card, "Results")
+    assert "summar" not in card.lower()  # nothing of the summarization card is left
+
+
+def test_translation_card_with_multilingual_codes_and_a_hub_repo(tmp_path):
+    card = render_model_card(
+        str(tmp_path / "run"), translation_info(languages=["en_XX", "ro_RO"], repo_id="alice/mbart-en-ro")
+    )
+    assert metadata_of(card)["language"] == ["en", "ro"]  # the hub's ISO codes
+    assert "for **translation** from en_XX to ro_RO" in card
+    assert "`seqtune translate --model alice/mbart-en-ro --lines sentences.txt`" in card
+
+
+def test_summarization_card_is_unchanged_by_the_task_fields(tmp_path):
+    plain = render_model_card(str(tmp_path / "run"), local_info())
+    assert render_model_card(str(tmp_path / "run"), local_info(task="summarization", languages=None)) == plain
+    assert "language" not in metadata_of(plain) and "`seqtune summarize --model path/to/run article.txt`" in plain

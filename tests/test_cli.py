@@ -12,7 +12,7 @@ import pytest
 from seqtune import __version__
 from seqtune.cli import COMMANDS
 
-EXPECTED_COMMANDS = {"demo", "train", "train-loop", "report", "summarize"}
+EXPECTED_COMMANDS = {"demo", "train", "train-loop", "report", "summarize", "translate"}
 
 
 def seqtune(*args: str) -> subprocess.CompletedProcess:

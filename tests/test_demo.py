@@ -57,6 +57,73 @@ def test_demo_trains_a_tiny_model_that_clearly_improves(tmp_path):
     assert row["id"] == "article.txt" and "paris" in row["summary"], row
 
 
+def test_translation_demo_trains_a_tiny_model_whose_bleu_rises(tmp_path):
+    """`seqtune demo --task translation` at a small size: the made-up language pair is learned (BLEU and chrF
+    rise), the data is nested translation JSON Lines, and the printed `seqtune translate` command works."""
+    from seqtune.demo import pseudish_vocabulary
+
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "seqtune.cli", "demo", "--task", "translation", "--output_dir", str(out)]
+        + ["--train_examples", "1000"],
+        capture_output=True,
+        timeout=600,
+    )
+    stdout, stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
+    assert result.returncode == 0, stderr[-3000:]
+    assert "English to Pseudish" in stdout
+    rows = dict(re.findall(r"^\s+(bleu|chrf)\s+([\d.]+\s+[\d.]+)$", stdout, re.M))
+    assert set(rows) == {"bleu", "chrf"}, stdout
+    (bleu_before, bleu_after), (chrf_before, chrf_after) = (map(float, rows[key].split()) for key in ("bleu", "chrf"))
+    assert bleu_after > bleu_before + 20 and chrf_after > chrf_before + 20, stdout
+    run_dir = out / "run"
+    results = json.loads((run_dir / "all_results.json").read_text())
+    assert abs(results["eval_bleu"] - bleu_after) < 0.01
+    first = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"translation"} and set(first["translation"]) == {"en", "ps"}
+    settings = json.loads((run_dir / "config.json").read_text())["task_specific_params"]["translation"]
+    assert (settings["source_lang"], settings["target_lang"]) == ("en", "ps")
+    card = (run_dir / "README.md").read_text()
+    assert 'pipeline("translation"' in card and "seqtune translate" in card
+    command = re.search(r"^\s+(seqtune translate --model \S+ --lines sentences\.txt)$", stdout, re.M)
+    assert command and shlex.split(command.group(1))[3] == str(run_dir), stdout[-2000:]
+    assert "\r" not in stderr
+
+    sentence = "on monday the bank of oslo will close the old park ."
+    (tmp_path / "sentences.txt").write_text(sentence + "\n")
+    translated = subprocess.run(
+        [sys.executable, "-m", "seqtune.cli", *shlex.split(command.group(1))[1:]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert translated.returncode == 0, translated.stderr[-2000:]
+    row = json.loads(translated.stdout)
+    words = row["translation"].split()
+    assert row["id"] == "sentences.txt:1" and words[-1] == ".", row
+    # Written in Pseudish: (nearly) every word is the Pseudish form of some English word, none is English.
+    assert sum(word in set(pseudish_vocabulary()) for word in words) >= len(words) - 2, row
+    assert not set(words[:-1]) & set(sentence.split()), row
+
+
+def test_synthetic_pair_maps_words_and_moves_the_verb_to_the_end():
+    from seqtune.demo import build_tokenizer, pseudish_vocabulary, pseudish_word, synthetic_pairs
+
+    assert pseudish_word("paris") == "sorepa" and pseudish_word(".") == "." and pseudish_word("12") == "12"
+    pairs = synthetic_pairs(200, seed=1)
+    assert pairs == synthetic_pairs(200, seed=1)  # deterministic
+    for pair in pairs:
+        source, target = pair["translation"]["en"].split(), pair["translation"]["ps"].split()
+        assert len(source) == len(target) and source[-1] == target[-1] == "."
+        verb = next(word for word in source if pseudish_word(word) == target[-2])  # the last word before the .
+        moved = [word for word in source if word != verb]
+        assert target == [pseudish_word(word) for word in moved[:-1]] + [pseudish_word(verb), "."]
+    tokenizer = build_tokenizer(pseudish_vocabulary())
+    words = {word for pair in pairs for text in pair["translation"].values() for word in text.split()}
+    assert tokenizer.unk_token_id not in tokenizer(" ".join(sorted(words)))["input_ids"]  # every word is known
+
+
 def test_cli_lists_its_commands():
     result = subprocess.run(
         [sys.executable, "-m", "seqtune.cli", "--help"], capture_output=True, text=True, timeout=120

@@ -102,3 +102,81 @@ def test_run_summarization_no_trainer(hf_example_env, t5_model, tmp_path):
         result = get_results(tmp_dir)
         assert_rouge_keys(result)
         assert os.path.exists(os.path.join(tmp_dir, "epoch_0"))
+
+
+# --------------------------------------------------------------------------- translation (issue 24)
+# transformers' test_run_translation / test_run_translation_no_trainer: the tiny T5 stands in for
+# sshleifer/student_marian_en_ro_6_1, "eval_bleu >= 30" becomes "eval_bleu is a score". Both pass
+# --source_lang/--target_lang twice (en, then en_XX): the last wins, and en_XX's data key is en.
+TRANSLATION_DIR = os.path.join(REPO, "examples", "pytorch", "translation")
+WMT16_SAMPLE = "tests/fixtures/tests_samples/wmt16/sample.json"
+
+
+def assert_bleu(result: dict) -> None:
+    value = result["eval_bleu"]
+    assert isinstance(value, (int, float)) and 0 <= value <= 100, value
+
+
+def test_run_translation(hf_example_env, t5_model, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(TRANSLATION_DIR)
+    import run_translation
+
+    tmp_dir = str(tmp_path / "out")
+    testargs = f"""
+        run_translation.py
+        --model_name_or_path {t5_model}
+        --source_lang en
+        --target_lang ro
+        --train_file {WMT16_SAMPLE}
+        --validation_file {WMT16_SAMPLE}
+        --output_dir {tmp_dir}
+        --overwrite_output_dir
+        --max_steps=50
+        --warmup_steps=8
+        --do_train
+        --do_eval
+        --learning_rate=3e-3
+        --per_device_train_batch_size=2
+        --per_device_eval_batch_size=1
+        --predict_with_generate
+        --source_lang en_XX
+        --target_lang ro_RO
+        """.split()
+
+    with patch.object(sys, "argv", testargs):
+        run_translation.main()
+        result = get_results(tmp_dir)
+        assert_bleu(result)
+
+
+def test_run_translation_no_trainer(hf_example_env, t5_model, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(TRANSLATION_DIR)
+    import run_translation_no_trainer
+
+    tmp_dir = str(tmp_path / "out")
+    testargs = f"""
+        run_translation_no_trainer.py
+        --model_name_or_path {t5_model}
+        --source_lang en
+        --target_lang ro
+        --train_file {WMT16_SAMPLE}
+        --validation_file {WMT16_SAMPLE}
+        --output_dir {tmp_dir}
+        --max_train_steps=50
+        --num_warmup_steps=8
+        --num_beams=6
+        --learning_rate=3e-3
+        --per_device_train_batch_size=2
+        --per_device_eval_batch_size=1
+        --source_lang en_XX
+        --target_lang ro_RO
+        --checkpointing_steps epoch
+        --with_tracking
+        """.split()
+
+    with patch.object(sys, "argv", testargs):
+        run_translation_no_trainer.main()
+        result = get_results(tmp_dir)
+        assert_bleu(result)
+        assert os.path.exists(os.path.join(tmp_dir, "epoch_0"))
+        assert os.path.exists(os.path.join(tmp_dir, "translation_no_trainer"))

@@ -26,8 +26,8 @@ from seqtune.modeling import (
     is_prefix_model,
     load_model_and_tokenizer,
     load_seq2seq,
-    remember_summarization_settings,
-    summarization_settings,
+    remember_task_settings,
+    task_settings,
 )
 
 PREFIX_WARNING = "no --source_prefix was given"
@@ -207,25 +207,25 @@ def test_model_without_position_limit_takes_any_length(t5_model):
 # --------------------------------------------------------------------------- summarization settings
 
 
-def test_summarization_settings_round_trip_through_save(t5_model, tmp_path):
+def test_task_settings_round_trip_through_save(t5_model, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)
-    assert summarization_settings(model.config) == {}
+    assert task_settings(model.config) == {}
     data_args = DataArguments(
         source_prefix="summarize: ", max_source_length=96, max_target_length=24, val_max_target_length=30, num_beams=3
     )
-    remember_summarization_settings(model, data_args)
+    remember_task_settings(model, data_args)
     model.save_pretrained(tmp_path / "saved")
-    settings = summarization_settings(AutoConfig.from_pretrained(tmp_path / "saved"))
+    settings = task_settings(AutoConfig.from_pretrained(tmp_path / "saved"))
     assert settings == {"prefix": "summarize: ", "max_source_length": 96, "max_length": 30, "num_beams": 3}
 
 
-def test_summarization_settings_defaults(t5_model):
+def test_task_settings_defaults(t5_model):
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)
-    remember_summarization_settings(model, DataArguments(max_target_length=24))
-    assert summarization_settings(model.config) == {"prefix": "", "max_source_length": 1024, "max_length": 24}
+    remember_task_settings(model, DataArguments(max_target_length=24))
+    assert task_settings(model.config) == {"prefix": "", "max_source_length": 1024, "max_length": 24}
 
 
-def test_summarization_settings_keep_other_tasks_and_hub_values(tmp_path):
+def test_task_settings_keep_other_tasks_and_hub_values(tmp_path):
     """As on google-t5/t5-small: other tasks stay; min_length stays unless longer than the new max_length."""
     config = T5Config(
         d_model=16,
@@ -247,7 +247,7 @@ def test_summarization_settings_keep_other_tasks_and_hub_values(tmp_path):
         },
     )
     model = AutoModelForSeq2SeqLM.from_config(config)
-    remember_summarization_settings(model, DataArguments(source_prefix="tl;dr: ", max_target_length=24))
+    remember_task_settings(model, DataArguments(source_prefix="tl;dr: ", max_target_length=24))
     model.config.save_pretrained(tmp_path)
     params = AutoConfig.from_pretrained(tmp_path).task_specific_params
     assert params["translation_en_to_de"] == {"prefix": "translate English to German: "}
@@ -261,7 +261,7 @@ def test_summarization_settings_keep_other_tasks_and_hub_values(tmp_path):
     }
 
 
-def test_summarization_settings_keep_min_length_that_fits():
+def test_task_settings_keep_min_length_that_fits():
     config = T5Config(
         d_model=16,
         d_ff=32,
@@ -272,14 +272,14 @@ def test_summarization_settings_keep_min_length_that_fits():
         task_specific_params={"summarization": {"min_length": 10}},
     )
     model = AutoModelForSeq2SeqLM.from_config(config)
-    remember_summarization_settings(model, DataArguments(max_target_length=24))
-    assert summarization_settings(model.config)["min_length"] == 10
+    remember_task_settings(model, DataArguments(max_target_length=24))
+    assert task_settings(model.config)["min_length"] == 10
 
 
-def test_summarization_settings_returns_a_copy():
+def test_task_settings_returns_a_copy():
     config = T5Config(task_specific_params={"summarization": {"prefix": "summarize: "}})
-    summarization_settings(config)["prefix"] = "changed"
-    assert summarization_settings(config) == {"prefix": "summarize: "}
+    task_settings(config)["prefix"] = "changed"
+    assert task_settings(config) == {"prefix": "summarize: "}
 
 
 # --------------------------------------------------------------------------- is_prefix_model

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, TRAINER_SCRIPT, quick_args, run_script
 
 from seqtune.arguments import DataArguments
-from seqtune.modeling import remember_summarization_settings
+from seqtune.modeling import remember_task_settings
 from seqtune.summarize import main
 
 PREFIX = "summarize: "
@@ -40,9 +40,7 @@ def copying_model(tmp_path_factory, t5_model):
     folder = tmp_path_factory.mktemp("summarize") / "model"
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_model)
     model.generation_config.suppress_tokens = [0, 1, 2, 3]
-    remember_summarization_settings(
-        model, DataArguments(source_prefix=PREFIX, max_source_length=64, max_target_length=6)
-    )
+    remember_task_settings(model, DataArguments(source_prefix=PREFIX, max_source_length=64, max_target_length=6))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(t5_model).save_pretrained(folder)
     return str(folder)

@@ -86,10 +86,42 @@ class ModelArguments:
         default=False,
         metadata={"help": "Use the slow (Python) tokenizer: the same as --use_fast_tokenizer False."},
     )
+    # LoRA adapters (PEFT): seqtune.adapters.
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters (PEFT) instead of every weight: the output dir holds the adapter "
+            "(megabytes; loadable with peft.PeftModel), checkpoints hold it and its optimizer state only."
+        },
+    )
+    lora_r: int | None = field(
+        default=None, metadata={"help": "LoRA rank (implies --use_peft; default 8 with --use_peft)."}
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scaling alpha: updates are scaled by alpha / r (default: 2 x r)."}
+    )
+    lora_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout on the LoRA path's input, from 0 to below 1 (default 0.05)."}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the Linear layers that get adapters, space- or comma-separated, or all-linear "
+            "(default per model type: q,v for T5 and mT5; q_proj,v_proj for BART, mBART, Pegasus, Marian)."
+        },
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "With --use_peft: also write the base model with the adapter merged into it, a full model "
+            "folder, to OUTPUT_DIR/merged."
+        },
+    )
 
     def __post_init__(self):
         if self.use_slow_tokenizer:
             self.use_fast_tokenizer = False
+        self._check_lora()
         if self.model_type is not None:
             from transformers import CONFIG_MAPPING
 
@@ -99,6 +131,39 @@ class ModelArguments:
                     f"{_suggestion(self.model_type, CONFIG_MAPPING.keys())}. Fix: pass an encoder-decoder "
                     f"type such as t5, bart, pegasus or mt5."
                 )
+
+    def _check_lora(self) -> None:
+        """--lora_r implies --use_peft; the other LoRA flags need it; defaults r=8, alpha=2r, dropout 0.05."""
+        if self.lora_r is not None:
+            if self.lora_r < 1:
+                raise UserError(f"--lora_r must be at least 1, got {self.lora_r}.")
+            self.use_peft = True
+        if not self.use_peft:
+            given = [name for name in ("lora_alpha", "lora_dropout", "lora_target_modules") if getattr(self, name)]
+            given += ["merge_adapter"] if self.merge_adapter else []
+            if given:
+                raise UserError(
+                    f"--{given[0]} is a LoRA setting, but LoRA is off. Fix: pass --use_peft (or --lora_r N) to "
+                    f"train LoRA adapters, or drop --{given[0]}."
+                )
+            return
+        if not self.model_name_or_path and (self.config_name or self.model_type):
+            raise UserError(
+                "--use_peft adapts a pre-trained model, but none was given (--config_name/--model_type train one "
+                "from scratch). Fix: pass --model_name_or_path, or drop --use_peft to train every weight."
+            )
+        self.lora_r = self.lora_r or 8
+        self.lora_alpha = 2.0 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise UserError(f"--lora_alpha must be a positive number, got {self.lora_alpha}.")
+        self.lora_dropout = 0.05 if self.lora_dropout is None else self.lora_dropout
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"--lora_dropout must be from 0 to below 1, got {self.lora_dropout}.")
+        if self.lora_target_modules is not None:
+            names = [name.strip() for item in self.lora_target_modules for name in str(item).split(",")]
+            self.lora_target_modules = [name for name in names if name]
+            if not self.lora_target_modules:
+                raise UserError("--lora_target_modules is empty. Fix: name the layers (e.g. q,v), or leave it out.")
 
 
 @dataclass
@@ -183,6 +248,11 @@ class DataArguments:
         },
     )
 
+    @property
+    def languages(self) -> tuple[str | None, str | None]:
+        """(source, target) language codes for multilingual tokenizers: --lang for both."""
+        return self.lang, self.lang
+
     def __post_init__(self):
         # Whether --val_max_target_length was given (the loop's --max_length gives way to it).
         self._val_max_target_length_given = self.val_max_target_length is not None
@@ -195,6 +265,55 @@ class DataArguments:
         for name in ("max_source_length", "max_target_length", "val_max_target_length"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class TranslationDataArguments(DataArguments):
+    """The translation scripts' data flags: the summarization ones plus the languages and their columns.
+
+    The data is either nested, as the Hugging Face translation scripts read it (a `translation`
+    column of {language: text}, e.g. wmt16), or flat (two text columns, --source_column and
+    --target_column, defaulting to columns named after the languages, else the first two).
+    """
+
+    source_lang: str | None = field(
+        default=None,
+        metadata={
+            "help": "Source language id, e.g. en; for multilingual tokenizers their code (mBART: en_XX, NLLB: "
+            "eng_Latn, M2M100: en). Its part before '_' is the key in the nested `translation` column."
+        },
+    )
+    target_lang: str | None = field(
+        default=None, metadata={"help": "Target language id, e.g. ro (mBART: ro_RO, NLLB: ron_Latn, M2M100: ro)."}
+    )
+    source_column: str | None = field(
+        default=None,
+        metadata={"help": "Flat data: the column with the text to translate (default: a column named --source_lang)."},
+    )
+    target_column: str | None = field(
+        default=None,
+        metadata={"help": "Flat data: the column with the reference translation (default: one named --target_lang)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for flag, same in (("source_column", "text_column"), ("target_column", "summary_column")):
+            given, other = getattr(self, flag), getattr(self, same)
+            if given and other and given != other:
+                raise UserError(f"--{flag} {given!r} and --{same} {other!r} name the same column. Fix: pass one.")
+            setattr(self, flag, given or other)
+            setattr(self, same, given or other)  # the shared core reads the columns under their first names
+        if self.lang is not None:
+            raise UserError("--lang is for summarization. Fix: pass --source_lang and --target_lang.")
+
+    @property
+    def languages(self) -> tuple[str | None, str | None]:
+        return self.source_lang, self.target_lang
+
+    @staticmethod
+    def data_key(language: str | None) -> str | None:
+        """The key of a language in the nested `translation` column: en_XX and eng_Latn are en and eng."""
+        return language.split("_")[0] if language else None
 
 
 # Flags that transformers 5 removed but that the seed document and older commands use.
@@ -443,6 +562,13 @@ class LoopArguments(OutputArguments):
     with_tracking: bool = field(
         default=False, metadata={"help": "Log losses and metrics to experiment trackers (see --report_to)."}
     )
+    predict_with_generate: bool = field(
+        default=True,
+        metadata={
+            "help": "Accepted as the Hugging Face translation script has it: this loop always evaluates and "
+            "predicts by generating (ROUGE and BLEU need generated text)."
+        },
+    )
     report_to: str = field(
         default="all",
         metadata={
@@ -478,6 +604,8 @@ class LoopArguments(OutputArguments):
     def __post_init__(self):
         self.check_output_dir()
         self.check_numbers_are_finite()
+        if not self.predict_with_generate:
+            logger.warning("--predict_with_generate False has no effect: the loop always scores generated text.")
         check_mixed_precision(self.fp16, self.bf16)  # before anything is written
         if self.max_length is not None:
             self.check_at_least_one("max_length")

@@ -1,5 +1,5 @@
 """The model card (README.md) both training scripts write into the output dir, and that
-`--push_to_hub` publishes: base model, data set, task, final metrics, hyper-parameters,
+`--push_to_hub` publishes: base model, data set, task (and a translation's languages), final metrics, hyper-parameters,
 the training curve from the report, the source prefix, seqtune's version and the command
 line (tokens redacted).
 
@@ -21,7 +21,12 @@ from .outputs import atomic_write_text
 from .runtime import is_main_process
 
 CARD_NAME = "README.md"
-TASK = "summarization"
+TASK = "summarization"  # the task of a card whose facts name none
+# Per task: the pipeline's variable, its output key, the `seqtune` command and an example input file.
+USAGE = {
+    "summarization": ("summarizer", "summary_text", "summarize", "article.txt"),
+    "translation": ("translator", "translation_text", "translate", "--lines sentences.txt"),
+}
 _NOISE_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -52,16 +57,34 @@ def _setting(value) -> str:
     return str(getattr(value, "value", value))  # enums (scheduler, optimizer) by name
 
 
+def _task(info: dict) -> str:
+    return info.get("task") if info.get("task") in USAGE else TASK
+
+
+def _languages(info: dict) -> list[str]:
+    """A translation's (source, target) languages as given (en, or en_XX for mBART), those known."""
+    return [language for language in info.get("languages") or () if language] if _task(info) != TASK else []
+
+
 def _metadata(info: dict) -> str:
-    metadata: dict = {"library_name": "transformers", "pipeline_tag": TASK, "tags": [TASK, "seqtune"]}
+    task = _task(info)
+    metadata: dict = {"library_name": "transformers", "pipeline_tag": task, "tags": [task, "seqtune"]}
+    languages = list(dict.fromkeys(language.split("_")[0] for language in _languages(info)))
+    if languages:  # the hub's language metadata: ISO codes (en_XX and eng_Latn are en and eng)
+        metadata["language"] = languages
     if hub_id(info.get("base_model")):
         metadata["base_model"] = info["base_model"]
+    if info.get("adapter"):  # a LoRA run (seqtune.adapters): the repository holds a PEFT adapter
+        metadata["library_name"] = "peft"
+        metadata["tags"] += ["lora", "peft"]
     return yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
 
 
 def _origin_text(info: dict) -> str:
     if info.get("from_scratch"):  # --config_name / --model_type without --model_name_or_path
         return f"A model trained from scratch ({info['from_scratch']}, random initial weights)"
+    if info.get("adapter"):
+        return f"A LoRA adapter (PEFT) for {_base_model_text(info.get('base_model'))}"
     return f"A fine-tuned version of {_base_model_text(info.get('base_model'))}"
 
 
@@ -73,10 +96,28 @@ def _base_model_text(base: str | None) -> str:
     return f"`{base}` (a local model folder)"
 
 
+def _adapter_section(adapter: dict, base: str | None, model_ref: str) -> str:
+    """What the adapter is and how to load it (`seqtune.adapters.adapter_summary` gives `adapter`)."""
+    modules = adapter.get("target_modules")
+    modules = modules if isinstance(modules, str) else ", ".join(modules or [])
+    share = 100.0 * adapter["trainable_parameters"] / max(adapter["total_parameters"], 1)
+    return (
+        f"## LoRA adapter\n\nBase model: {_base_model_text(base)}. LoRA r={adapter['r']}, "
+        f"alpha={_setting(adapter['lora_alpha'])}, dropout={_setting(adapter['lora_dropout'])} on {modules}: "
+        f"{adapter['trainable_parameters']:,} trained parameters of {adapter['total_parameters']:,} "
+        f"({share:.2f}%).\n\n```python\nfrom peft import PeftModel\n"
+        f"from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+        f'base = AutoModelForSeq2SeqLM.from_pretrained("{base or "BASE_MODEL"}")\n'
+        f'model = PeftModel.from_pretrained(base, "{model_ref}").merge_and_unload()\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}")\n```\n'
+    )
+
+
 def render_model_card(output_dir: str, info: dict) -> str:
     """The card's text. `info`: base_model, dataset (name and configuration, or file names),
-    metrics, hyperparameters, source_prefix, command (already redacted), trainer, and
-    repo_id when the model is pushed."""
+    metrics, hyperparameters, source_prefix, command (already redacted), trainer, task (a
+    `seqtune.tasks` name; summarization when absent), languages ((source, target) for
+    translation), and repo_id when the model is pushed."""
     from .report import TRAINING_LOSS_PLOT
 
     repo_id = info.get("repo_id")
@@ -90,23 +131,30 @@ def render_model_card(output_dir: str, info: dict) -> str:
     ]
     prefix = info.get("source_prefix")
     model_ref = repo_id or f"path/to/{title}"
+    task = _task(info)
+    languages = _languages(info)
+    pair = f" from {languages[0]} to {languages[1]}" if len(languages) == 2 else ""
     sections = [
         f"---\n{_metadata(info)}---\n",
         f"# {title}\n",
-        f"{_origin_text(info)} for **{TASK}**, "
+        f"{_origin_text(info)} for **{task}**{pair}, "
         f"trained with seqtune {__version__} ({info.get('trainer') or 'unknown loop'}).\n",
         f"## Data\n\nData set: {info.get('dataset') or '(not recorded)'}\n",
         "## Results\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n",
     ]
+    if info.get("adapter"):
+        sections.append(_adapter_section(info["adapter"], info.get("base_model"), model_ref))
     if os.path.isfile(os.path.join(output_dir, TRAINING_LOSS_PLOT)):
         sections.append(f"## Training curve\n\n![Training loss]({TRAINING_LOSS_PLOT})\n")
     prefix_note = f"Source prefix: `{prefix!r}`: put it before every input text." if prefix else "No source prefix."
     call = f"{prefix!r} + text" if prefix else "text"
+    variable, output_key, command, example = USAGE[task]
+    applies = "the prefix and the languages" if languages else "the prefix"
     sections += [
         f"## Usage\n\n{prefix_note}\n\n```python\nfrom transformers import pipeline\n\n"
-        f'summarizer = pipeline("{TASK}", model="{model_ref}")\n'
-        f'print(summarizer({call})[0]["summary_text"])\n```\n\n'
-        f"Or with seqtune, which applies the prefix itself: `seqtune summarize --model {model_ref} article.txt`.\n",
+        f'{variable} = pipeline("{task}", model="{model_ref}")\n'
+        f'print({variable}({call})[0]["{output_key}"])\n```\n\n'
+        f"Or with seqtune, which applies {applies} itself: `seqtune {command} --model {model_ref} {example}`.\n",
         "## Training hyper-parameters\n\n" + ("\n".join(hyper) or "- (defaults)") + "\n",
         f"## How it was trained\n\nseqtune {__version__}, command line:\n\n"
         f"```\n{shlex.join(info.get('command') or [])}\n```\n",

@@ -1,6 +1,6 @@
 """The `seqtune` command: `seqtune demo`, `seqtune train ...` (the Trainer script),
 `seqtune train-loop ...` (the Accelerate script), `seqtune report`, `seqtune summarize`,
-`seqtune --version`."""
+`seqtune translate`, `seqtune --version`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import sys
 from . import __version__
 
 COMMANDS = {
-    "demo": "run the embedded default end to end: tiny model, built-in data, ROUGE before and after",
+    "demo": "run the embedded default end to end: tiny model, built-in data, ROUGE before and after "
+    "(--task translation: a made-up language pair, BLEU and chrF)",
     "train": "fine-tune with transformers' Seq2SeqTrainer (same flags as run_summarization.py)",
     "train-loop": "fine-tune with the explicit Accelerate loop (same flags as run_summarization_no_trainer.py)",
     "report": "rebuild OUTPUT_DIR/report.html and its plots from a run's saved logs "
     "(also while it runs or after a kill)",
     "summarize": "summarize texts with a trained model: seqtune summarize --model OUTPUT_DIR INPUT...",
+    "translate": "translate texts with a trained model: seqtune translate --model OUTPUT_DIR INPUT...",
 }
 
 
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         from .report import main as run
     elif command == "summarize":
         from .summarize import main as run
+    elif command == "translate":
+        from .summarize import translate as run
     run(rest)
 
 

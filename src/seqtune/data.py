@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import datasets
 from datasets import DatasetDict
 
-from .arguments import DataArguments, LoopArguments, ModelArguments
+from .arguments import DataArguments, LoopArguments, ModelArguments, TranslationDataArguments
 from .errors import UserError
 from .progress import phase
+from .tasks import TRANSLATION, Task, task_of
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +51,24 @@ KNOWN_COLUMNS = {
 }
 
 SPLIT_FILE_FLAGS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
-# Why a run needs each split, in the words of the script that runs (see `split_needs`).
+# Why a run needs each split, in the words of the script that runs (see `split_needs`); {trainer}
+# and {loop} are the task's script names (run_summarization.py, run_translation_no_trainer.py, ...).
 TRAINER_SPLIT_NEEDS = {
     "train": "--do_train needs a train split",
     "validation": "--do_eval (also set by --eval_strategy steps or epoch) needs a validation split",
     "test": "--do_predict needs a test split",
 }
 LOOP_SPLIT_NEEDS = {
-    "train": "the Accelerate script (run_summarization_no_trainer.py) always trains and needs a train split",
-    "validation": "the Accelerate script (run_summarization_no_trainer.py) evaluates after every epoch and "
-    "needs a validation split",
+    "train": "the Accelerate script ({loop}) always trains and needs a train split",
+    "validation": "the Accelerate script ({loop}) evaluates after every epoch and needs a validation split",
     "test": "--do_predict needs a test split",
 }
 # When the caller does not say which script runs: right for both.
 ANY_SCRIPT_SPLIT_NEEDS = {
-    "train": "training needs a train split (run_summarization.py trains with --do_train; the Accelerate script "
-    "run_summarization_no_trainer.py always does)",
-    "validation": "evaluation needs a validation split (run_summarization.py evaluates with --do_eval or "
-    "--eval_strategy; the Accelerate script run_summarization_no_trainer.py after every epoch)",
+    "train": "training needs a train split ({trainer} trains with --do_train; the Accelerate script "
+    "{loop} always does)",
+    "validation": "evaluation needs a validation split ({trainer} evaluates with --do_eval or "
+    "--eval_strategy; the Accelerate script {loop} after every epoch)",
     "test": "--do_predict needs a test split",
 }
 SPLIT_CAP_FLAGS = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
@@ -360,29 +361,76 @@ def known_columns_for(dataset_name: str | None) -> tuple[str, str] | None:
     return KNOWN_COLUMNS.get(base)
 
 
+def _column_flags(task: Task) -> str:
+    return "/".join(f"--{flag}" for flag in task.column_flags)
+
+
+def _language_columns(column_names: list[str], data_args: DataArguments) -> tuple[str | None, str | None]:
+    """Translation: the columns named after --source_lang/--target_lang (flattened `translation.en` or `en`)."""
+    found = []
+    for language in data_args.languages:
+        key = TranslationDataArguments.data_key(language)
+        names = [name for name in (f"translation.{key}", key) if key and name in column_names]
+        found.append(names[0] if names else None)
+    return found[0], found[1]
+
+
 def resolve_columns(column_names: list[str], data_args: DataArguments, where: str) -> tuple[str, str]:
-    """The text and summary columns: from the flags, from the known data set, or the first two."""
-    known = known_columns_for(data_args.dataset_name)
-    text_column = data_args.text_column or (known[0] if known else None)
-    summary_column = data_args.summary_column or (known[1] if known else None)
+    """The input and target columns: from the flags, from the known data set (summarization) or the
+    languages (translation), else the first two."""
+    task = task_of(data_args)
+    (text_flag, target_flag), (text_word, target_word) = task.column_flags, task.column_words
+    if task is TRANSLATION:
+        known = _language_columns(column_names, data_args)
+    else:
+        known = known_columns_for(data_args.dataset_name) or (None, None)
+    text_column = data_args.text_column or known[0]
+    summary_column = data_args.summary_column or known[1]
     if text_column is None or summary_column is None:
         remaining = [c for c in column_names if c not in (text_column, summary_column)]
         if len(column_names) < 2:
             raise UserError(
-                f"{where} has only the column(s) {column_names}: seqtune needs a text column and a summary "
-                f"column. Fix: add them, or name them with --text_column and --summary_column."
+                f"{where} has only the column(s) {column_names}: seqtune needs a {text_word} column and a "
+                f"{target_word} column. Fix: add them, or name them with --{text_flag} and --{target_flag}."
             )
         text_column = text_column or remaining.pop(0)
         summary_column = summary_column or remaining.pop(0)
-    for flag, name in (("text_column", text_column), ("summary_column", summary_column)):
+    for flag, name in ((text_flag, text_column), (target_flag, summary_column)):
         if name not in column_names:
             raise UserError(
                 f"--{flag} {name!r} is not a column of {where}; its columns are: {', '.join(column_names)}. "
                 f"Fix: pass --{flag} with one of them."
             )
     if text_column == summary_column:
-        raise UserError(f"the text and summary columns are both {text_column!r}. Fix: pass two different columns.")
+        raise UserError(
+            f"the {text_word} and {target_word} columns are both {text_column!r}. Fix: pass two different columns."
+        )
     return text_column, summary_column
+
+
+def flatten_translations(dataset, data_args: DataArguments, where: str):
+    """Nested translations ({"translation": {"en": ..., "ro": ...}}, as wmt16 has them) as flat columns
+    (`translation.en`, `translation.ro`), after checking that the languages asked for are there."""
+    nested = [name for name, feature in dataset.features.items() if isinstance(feature, dict)]
+    if not nested:
+        return dataset
+    column = nested[0]
+    languages = list(dataset.features[column])
+    if data_args.text_column is None or data_args.summary_column is None:
+        for flag, language in zip(("source_lang", "target_lang"), data_args.languages):
+            if language is None:
+                raise UserError(
+                    f"{where} holds translations in the column {column!r} with the languages "
+                    f"{', '.join(languages)}: which is the source and which the target? Fix: pass --source_lang "
+                    f"and --target_lang (e.g. --source_lang {languages[0]} --target_lang {languages[-1]})."
+                )
+            key = TranslationDataArguments.data_key(language)
+            if key not in languages:
+                raise UserError(
+                    f"--{flag} {language}: the column {column!r} of {where} has no {key!r} texts; its languages are "
+                    f"{', '.join(languages)}. Fix: pass --{flag} with one of them."
+                )
+    return dataset.flatten()
 
 
 # --------------------------------------------------------------------------- loading
@@ -479,14 +527,15 @@ def load_raw_data(
         where = paths
         source = ", ".join(os.path.basename(p) for p in paths.values())
 
-    needs = needs or ANY_SCRIPT_SPLIT_NEEDS
+    task = task_of(data_args)
     for split in wanted:
         if split not in loaded:
             flag = SPLIT_FILE_FLAGS[split]
+            need = (needs or ANY_SCRIPT_SPLIT_NEEDS)[split].format(trainer=task.trainer_script, loop=task.loop_script)
             if data_args.dataset_name is None:
-                raise UserError(f"{needs[split]}. Fix: pass --{flag}.")
+                raise UserError(f"{need}. Fix: pass --{flag}.")
             raise UserError(
-                f"{needs[split]}, and data set {data_args.dataset_name!r} has only the splits "
+                f"{need}, and data set {data_args.dataset_name!r} has only the splits "
                 f"{', '.join(loaded) or '(none)'}. Fix: choose a data set (or --dataset_config_name) with a {split} "
                 f"split, or pass every split as a file (--train_file, --{flag}, ...) instead of --dataset_name."
             )
@@ -494,6 +543,10 @@ def load_raw_data(
     if not splits:
         raise UserError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
 
+    if task is TRANSLATION:
+        splits = DatasetDict(
+            {split: flatten_translations(dataset, data_args, where[split]) for split, dataset in splits.items()}
+        )
     first = wanted[0]
     text_column, summary_column = resolve_columns(splits[first].column_names, data_args, where[first])
     for split, dataset in splits.items():
@@ -504,13 +557,13 @@ def load_raw_data(
             if dtype not in ("string", "large_string"):
                 raise UserError(
                     f"column {column!r} of {where[split]} holds {dtype or type(dataset.features[column]).__name__}, "
-                    f"not text. Fix: choose a text column with --text_column/--summary_column."
+                    f"not text. Fix: choose a text column with {_column_flags(task)}."
                 )
 
     splits = DatasetDict(
         {
             split: _drop_empty_rows(
-                dataset, text_column, summary_column, where[split], getattr(data_args, SPLIT_CAP_FLAGS[split])
+                dataset, text_column, summary_column, where[split], getattr(data_args, SPLIT_CAP_FLAGS[split]), task
             )
             for split, dataset in splits.items()
         }
@@ -518,7 +571,7 @@ def load_raw_data(
     return RawData(splits=splits, text_column=text_column, summary_column=summary_column, source=source)
 
 
-def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str, cap: int | None):
+def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str, cap: int | None, task: Task):
     """Drop rows whose text or summary is empty, then keep the first `cap` rows."""
     texts = dataset[text_column]
     summaries = dataset[summary_column]
@@ -529,11 +582,12 @@ def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str,
     ]
     dropped = len(dataset) - len(keep)
     if dropped:
-        logger.warning("%s: dropped %d of %d rows with an empty text or summary.", where, dropped, len(dataset))
+        words = " or ".join(task.column_words)
+        logger.warning("%s: dropped %d of %d rows with an empty %s.", where, dropped, len(dataset), words)
     if not keep:
         raise UserError(
             f"{where} has no usable rows: every row has an empty {text_column!r} or {summary_column!r}. "
-            f"Fix: fill them in, or choose other columns with --text_column/--summary_column."
+            f"Fix: fill them in, or choose other columns with {_column_flags(task)}."
         )
     if cap is not None:
         keep = keep[:cap]

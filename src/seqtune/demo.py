@@ -7,6 +7,9 @@ The corpus is news-like: each document opens with a lead sentence naming who doe
 where, followed by a varying number of filler sentences; the summary restates the lead
 in a fixed form. A model must learn to copy the right words out of the lead, which a
 tiny model does in a few hundred steps on a CPU.
+
+`seqtune demo --task translation` uses a synthetic language pair instead: English sentences
+from the same word lists and their translation into a made-up language (`synthetic_pair`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import random
 import shlex
+from dataclasses import dataclass
 
 from .errors import exit_on_user_error
 
@@ -254,9 +258,12 @@ def build_tiny_model(tokenizer, kind: str = "t5", seed: int = 0, size: str = "ti
     return model
 
 
-def make_base_model(folder: str, kind: str = "t5", seed: int = 0, size: str = "tiny") -> str:
-    """Write a tokenizer and a random tiny model to `folder` (loadable with from_pretrained)."""
-    tokenizer = build_tokenizer()
+def make_base_model(
+    folder: str, kind: str = "t5", seed: int = 0, size: str = "tiny", extra_words: list[str] | None = None
+) -> str:
+    """Write a tokenizer (knowing `extra_words` too) and a random tiny model to `folder` (loadable with
+    from_pretrained)."""
+    tokenizer = build_tokenizer(extra_words)
     model = build_tiny_model(tokenizer, kind=kind, seed=seed, size=size)
     os.makedirs(folder, exist_ok=True)
     model.save_pretrained(folder)
@@ -282,17 +289,119 @@ def make_corpus_files(folder: str, train: int = 2000, validation: int = 100, tes
     }
 
 
+# --------------------------------------------------------------------------- synthetic language pair
+
+# `seqtune demo --task translation`: English sentences from the word lists above, and their
+# translation into Pseudish, a made-up language (code ps) with a fixed rule per word and one
+# word-order change: the verb goes to the end of the sentence.
+SOURCE_LANG, TARGET_LANG = "en", "ps"
+PAIR_PREFIX = "translate English to Pseudish: "
+_VOWEL_SHIFT = str.maketrans("aeiou", "eioua")
+
+
+def pseudish_word(word: str) -> str:
+    """A word's Pseudish translation: its letters reversed, each vowel shifted (a->e->i->o->u->a), plus -a;
+    punctuation and numbers stay as they are."""
+    if not word.isalpha():
+        return word
+    return word[::-1].translate(_VOWEL_SHIFT) + "a"
+
+
+def synthetic_pair(rng: random.Random) -> dict:
+    """One English sentence (a news lead or a filler sentence) and its Pseudish translation, as the
+    nested `translation` column of the Hugging Face translation data sets."""
+    if rng.random() < 0.5:
+        day, group, city, verb, thing = (rng.choice(words) for words in (DAYS, GROUPS, CITIES, ACTIONS, OBJECTS))
+        before, after = f"on {day} the {group} of {city} will", f"the old {thing}"
+    else:
+        subject, verb, thing, tail = (
+            rng.choice(words) for words in (FILLER_SUBJECTS, FILLER_VERBS, FILLER_OBJECTS, FILLER_TAILS)
+        )
+        before, after = subject, f"{thing} {tail}"
+    source = f"{before} {verb} {after} ."
+    target = " ".join(pseudish_word(word) for word in f"{before} {after} {verb} .".split())
+    return {"translation": {SOURCE_LANG: source, TARGET_LANG: target}}
+
+
+def synthetic_pairs(size: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [synthetic_pair(rng) for _ in range(size)]
+
+
+def pseudish_vocabulary() -> list[str]:
+    """The Pseudish words (and the prefix's words) the demo's tokenizer must know."""
+    return sorted({pseudish_word(word) for word in corpus_vocabulary()} | set(PAIR_PREFIX.lower().split()))
+
+
+def make_pair_files(folder: str, train: int = 2000, validation: int = 100, test: int = 100, seed: int = 0) -> dict:
+    """Write train/validation/test JSON Lines files of the synthetic language pair; return their paths."""
+    rows = synthetic_pairs(train + validation + test, seed=seed)
+    return {
+        "train": write_jsonl(os.path.join(folder, "train.jsonl"), rows[:train]),
+        "validation": write_jsonl(os.path.join(folder, "validation.jsonl"), rows[train : train + validation]),
+        "test": write_jsonl(os.path.join(folder, "test.jsonl"), rows[train + validation :]),
+    }
+
+
 # --------------------------------------------------------------------------- seqtune demo
 
 
-def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> list[str]:
+@dataclass(frozen=True)
+class DemoTask:
+    """What `seqtune demo` does differently per task: data, flags, training length, what it prints."""
+
+    title: str
+    flags: tuple[str, ...]  # the task's data flags (prefix, languages, source length)
+    epochs: int
+    learning_rate: str
+    metrics: tuple[str, ...]  # eval_* keys printed before and after
+    usage: tuple[str, ...]  # how to use the trained model; {run_dir} is replaced
+    extra_words: tuple[str, ...] = ()  # words the tokenizer must know besides the corpus's
+
+
+DEMO_TASKS = {
+    "summarization": DemoTask(
+        title="tiny T5 on the built-in synthetic summarization corpus",
+        flags=("--source_prefix", "summarize: ", "--max_source_length", "128"),
+        epochs=5,
+        learning_rate="3e-3",
+        metrics=("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"),
+        usage=(
+            "  summarize new texts with the trained model (one .txt file per document):",
+            "    seqtune summarize --model {run_dir} article.txt",
+        ),
+    ),
+    "translation": DemoTask(
+        title=f"tiny T5 on the built-in synthetic language pair {SOURCE_LANG}-{TARGET_LANG} (English to Pseudish)",
+        flags=(
+            "--source_prefix",
+            PAIR_PREFIX,
+            "--source_lang",
+            SOURCE_LANG,
+            "--target_lang",
+            TARGET_LANG,
+            "--max_source_length",
+            "48",
+        ),
+        epochs=3,
+        learning_rate="3e-3",
+        metrics=("eval_bleu", "eval_chrf"),
+        usage=(
+            "  translate new sentences with the trained model (one sentence per line):",
+            "    seqtune translate --model {run_dir} --lines sentences.txt",
+        ),
+        extra_words=tuple(pseudish_vocabulary()),
+    ),
+}
+
+
+def _demo_arguments(model: str, files: dict, output_dir: str, train: bool, task: DemoTask) -> list[str]:
     args = [
         "--model_name_or_path",
         model,
         "--validation_file",
         files["validation"],
-        "--source_prefix",
-        "summarize: ",
+        *task.flags,
         "--output_dir",
         output_dir,
         "--overwrite_output_dir",
@@ -300,8 +409,6 @@ def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> li
         "--predict_with_generate",
         "--per_device_eval_batch_size",
         "50",
-        "--max_source_length",
-        "128",
         "--max_target_length",
         "32",
         "--report_to",
@@ -320,9 +427,9 @@ def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> li
             "--per_device_train_batch_size",
             "32",
             "--learning_rate",
-            "3e-3",
+            task.learning_rate,
             "--num_train_epochs",
-            "5",
+            str(task.epochs),
             "--warmup_steps",
             "30",
             "--lr_scheduler_type",
@@ -341,39 +448,56 @@ def _demo_arguments(model: str, files: dict, output_dir: str, train: bool) -> li
 
 @exit_on_user_error(interrupted="seqtune: interrupted. Run the same command again: the demo starts afresh.")
 def main(argv: list[str] | None = None) -> dict:
-    """`seqtune demo`: build the tiny world, measure ROUGE, train, measure again."""
+    """`seqtune demo`: build the tiny world, measure ROUGE (BLEU and chrF for --task translation), train,
+    measure again."""
     import argparse
     import time
 
     from .progress import configure_library_progress
     from .recipes.trainer import main as train_main
+    from .tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="seqtune demo", description="Run the embedded default end to end.")
     parser.add_argument(
-        "--output_dir", default="outputs/demo", help="Where everything is written (replaced on each run)."
+        "--output_dir",
+        default=None,
+        help="Where everything is written (replaced on each run; default: "
+        "outputs/demo, or outputs/demo-translation with --task translation).",
     )
     parser.add_argument("--train_examples", type=int, default=2000, help="Size of the synthetic training set.")
+    parser.add_argument(
+        "--task",
+        choices=sorted(DEMO_TASKS),
+        default="summarization",
+        help="summarization: the news-like corpus, ROUGE (default); translation: a made-up language pair "
+        f"({SOURCE_LANG} to {TARGET_LANG}), BLEU and chrF",
+    )
     args = parser.parse_args(argv)
+    demo = DEMO_TASKS[args.task]
+    translation = args.task == "translation"
+    output_dir = args.output_dir or ("outputs/demo-translation" if translation else "outputs/demo")
 
     started = time.time()
     configure_library_progress()  # before the base model is saved: no tqdm bar ("\r") in a log
-    root = os.path.abspath(args.output_dir)
-    base_model = make_base_model(os.path.join(root, "base-model"))
-    files = make_corpus_files(os.path.join(root, "data"), train=args.train_examples)
-    before = train_main(_demo_arguments(base_model, files, os.path.join(root, "before-training"), train=False))
-    after = train_main(_demo_arguments(base_model, files, os.path.join(root, "run"), train=True))
+    root = os.path.abspath(output_dir)
+    base_model = make_base_model(os.path.join(root, "base-model"), extra_words=list(demo.extra_words))
+    make_files = make_pair_files if translation else make_corpus_files
+    files = make_files(os.path.join(root, "data"), train=args.train_examples)
+    task = TASKS[args.task]
+    before = train_main(_demo_arguments(base_model, files, os.path.join(root, "before-training"), False, demo), task)
+    after = train_main(_demo_arguments(base_model, files, os.path.join(root, "run"), True, demo), task)
 
     run_dir = os.path.join(root, "run")
     print()
-    print("seqtune demo: tiny T5 on the built-in synthetic summarization corpus")
+    print(f"seqtune demo: {demo.title}")
     print(f"  {'metric':<12} {'before':>8} {'after':>8}")
-    for key in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"):
+    for key in demo.metrics:
         print(f"  {key[5:]:<12} {before[key]:>8.2f} {after[key]:>8.2f}")
     print(f"  finished in {time.time() - started:.0f} s")
     print(f"  model, checkpoints, results: {run_dir}")
     print(f"  predictions: {os.path.join(run_dir, 'generated_predictions.txt')}")
     print(f"  metrics:     {os.path.join(run_dir, 'all_results.json')}")
     print(f"  report:      {os.path.join(run_dir, 'report.html')} (plots, metrics, examples)")
-    print("  summarize new texts with the trained model (one .txt file per document):")
-    print(f"    seqtune summarize --model {shlex.quote(run_dir)} article.txt")
+    for line in demo.usage:
+        print(line.format(run_dir=shlex.quote(run_dir)))
     return {"before": before, "after": after, "output_dir": run_dir}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 
 from .losses import example_loss_sums, mean_token_loss
-from .metrics import SummaryScorer
+from .metrics import Scorer
 from .outputs import PREDICTIONS_FILE, write_predictions
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def generate_in_input_order(
         yield from restore_order(indices, list(generate_sorted(indices)))
 
 
-def predict_to_file(dataset, generate_window: Callable, output_dir: str, on_cpu: bool) -> dict:
+def predict_to_file(dataset, generate_window: Callable, output_dir: str, scorer: Scorer, on_cpu: bool) -> dict:
     """Generate for every example of a tokenized `dataset` and stream generated_predictions.txt in
     input order; return the predict_* metrics.
 
@@ -128,7 +128,7 @@ def predict_to_file(dataset, generate_window: Callable, output_dir: str, on_cpu:
 
     if on_cpu:
         return_large_buffers_to_os()  # flat peak memory however many examples
-    totals = GenerationTotals()
+    totals = GenerationTotals(scorer)
     predictions = generate_in_input_order(
         token_lengths(dataset), lambda indices: generate_window(dataset.select(indices), totals)
     )
@@ -138,10 +138,11 @@ def predict_to_file(dataset, generate_window: Callable, output_dir: str, on_cpu:
 
 
 class GenerationTotals:
-    """ROUGE, generation length and per-example losses accumulated over batches (flat memory)."""
+    """A task's scores (a seqtune.metrics.Scorer), generation length and per-example losses accumulated
+    over batches."""
 
-    def __init__(self):
-        self.scorer, self.losses, self.batches, self.started = SummaryScorer(), [], 0, time.time()
+    def __init__(self, scorer: Scorer):
+        self.scorer, self.losses, self.batches, self.started = scorer, [], 0, time.time()
 
     def metrics(self, prefix: str) -> dict:
         metrics = self.scorer.result()

@@ -1,9 +1,12 @@
-"""ROUGE computed offline: rouge-score with stemming, sentences split without downloads.
+"""Scores computed offline: ROUGE for summaries, sacreBLEU's BLEU and chrF for translations.
 
-The Hugging Face scripts split sentences for rougeLsum with `nltk.sent_tokenize`, which
-needs `nltk.download("punkt")` at run time and so fails on offline clusters. seqtune
-splits on sentence-ending punctuation (and existing line breaks) instead; scores are the
-mean F-measure over examples, times 100.
+ROUGE: rouge-score with stemming. The Hugging Face scripts split sentences for rougeLsum with
+`nltk.sent_tokenize`, which needs `nltk.download("punkt")` at run time and so fails on offline
+clusters. seqtune splits on sentence-ending punctuation (and existing line breaks) instead;
+scores are the mean F-measure over examples, times 100.
+
+BLEU and chrF: sacreBLEU's corpus scores with its default tokenizer (13a), as the Hugging Face
+translation scripts report them through `evaluate.load("sacrebleu")`, without the download.
 """
 
 from __future__ import annotations
@@ -43,40 +46,90 @@ def _get_scorer():
     return _scorer
 
 
-class SummaryScorer:
-    """ROUGE and generation length accumulated batch by batch (memory flat in the number of examples)."""
+class Scorer:
+    """A task's scores accumulated batch by batch, plus the mean generation length (`gen_len`).
+
+    A task's scorer says what `scores` are (`names`), how a batch is added (`add_texts`) and
+    what they come to (`scores`); `result` adds `gen_len`.
+    """
+
+    names: tuple[str, ...] = ()
 
     def __init__(self):
-        self.totals = dict.fromkeys(ROUGE_TYPES, 0.0)
         self.count = 0
         self.generated_tokens = 0.0
 
     def add(self, predictions: list[str], references: list[str], generated_ids=None, pad_token_id: int | None = None):
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+        self.add_texts(predictions, references)
+        self.count += len(predictions)
+        if generated_ids is not None and len(predictions):
+            self.generated_tokens += generation_length(generated_ids, pad_token_id) * len(predictions)
+
+    def add_texts(self, predictions: list[str], references: list[str]) -> None:
+        raise NotImplementedError
+
+    def scores(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, float]:
+        """The task's scores and the mean generation length (`gen_len`)."""
+        return {**self.scores(), "gen_len": round(self.generated_tokens / max(self.count, 1), 4)}
+
+
+class SummaryScorer(Scorer):
+    """Mean ROUGE F-measures; memory flat in the number of examples."""
+
+    names = ROUGE_TYPES
+
+    def __init__(self):
+        super().__init__()
+        self.totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+
+    def add_texts(self, predictions: list[str], references: list[str]) -> None:
         scorer = _get_scorer()
         for prediction, reference in zip(predictions, references):
             scores = scorer.score(_for_rouge_lsum(reference), _for_rouge_lsum(prediction))
             for name in ROUGE_TYPES:
                 self.totals[name] += scores[name].fmeasure
-        self.count += len(predictions)
-        if generated_ids is not None and len(predictions):
-            self.generated_tokens += generation_length(generated_ids, pad_token_id) * len(predictions)
 
-    def rouge(self) -> dict[str, float]:
+    def scores(self) -> dict[str, float]:
         """Mean ROUGE F-measures x100, 4 decimals."""
         return {name: round(100 * total / max(self.count, 1), 4) for name, total in self.totals.items()}
 
-    def result(self) -> dict[str, float]:
-        """ROUGE and the mean generation length (`gen_len`)."""
-        return {**self.rouge(), "gen_len": round(self.generated_tokens / max(self.count, 1), 4)}
+
+class TranslationScorer(Scorer):
+    """sacreBLEU's corpus BLEU and chrF. Corpus scores need every sentence's statistics, so the
+    sentences are kept (a few hundred bytes each: flat enough for any evaluation set)."""
+
+    names = ("bleu", "chrf")
+
+    def __init__(self):
+        super().__init__()
+        self.predictions: list[str] = []
+        self.references: list[str] = []
+
+    def add_texts(self, predictions: list[str], references: list[str]) -> None:
+        self.predictions.extend(predictions)
+        self.references.extend(references)
+
+    def scores(self) -> dict[str, float]:
+        import sacrebleu
+
+        if not self.predictions:
+            return {"bleu": 0.0, "chrf": 0.0}
+        return {
+            "bleu": round(sacrebleu.corpus_bleu(self.predictions, [self.references]).score, 4),
+            "chrf": round(sacrebleu.corpus_chrf(self.predictions, [self.references]).score, 4),
+        }
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE F-measures (x100, 4 decimals) of predictions against references."""
     scorer = SummaryScorer()
     scorer.add(predictions, references)
-    return scorer.rouge()
+    return scorer.scores()
 
 
 def decode_token_ids(token_ids, tokenizer) -> list[str]:
@@ -94,9 +147,8 @@ def generation_length(token_ids, pad_token_id: int) -> float:
     return float(np.mean(np.sum((token_ids != pad_token_id) & (token_ids >= 0), axis=-1)))
 
 
-def summary_metrics(generated_ids, label_ids, tokenizer) -> dict[str, float]:
-    """ROUGE and mean generation length of generated ids against label ids."""
-    scorer = SummaryScorer()
+def score_generated(generated_ids, label_ids, tokenizer, scorer: Scorer) -> dict[str, float]:
+    """A task's scores and the mean generation length of generated ids against label ids."""
     scorer.add(
         decode_token_ids(generated_ids, tokenizer),
         decode_token_ids(label_ids, tokenizer),

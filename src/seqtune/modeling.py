@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .arguments import DataArguments, ModelArguments
+from .arguments import DataArguments, ModelArguments, TranslationDataArguments
 from .errors import UserError
+from .tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -96,54 +97,94 @@ def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArgument
     name = model_args.model_name_or_path or model_args.config_name or model_args.model_type
     check_position_embeddings(model, model_args, data_args)
     apply_language_settings(tokenizer, model, data_args)
+    check_decoder_start(model, name)
     if is_prefix_model(model.config, name) and data_args.source_prefix is None:
         logger.warning(
-            '%s is a T5-style model but no --source_prefix was given: pass --source_prefix "summarize: " '
+            '%s is a T5-style model but no --source_prefix was given: pass --source_prefix "%s" '
             "as the model was pre-trained with it.",
             name,
+            task_of(data_args).prefix_example,
         )
     return tokenizer, model
 
 
+def _language_token_id(tokenizer, code: str) -> int | None:
+    """The id of a language code's token, as the tokenizer names it (M2M100: en is __en__), or None."""
+    if hasattr(tokenizer, "get_lang_id"):  # M2M100
+        try:
+            return tokenizer.get_lang_id(code)
+        except (KeyError, ValueError):
+            return None
+    return tokenizer.get_vocab().get(code)
+
+
+# Tokenizers whose models start the output with the target language's token: for translation
+# it is forced at generation unless --forced_bos_token says otherwise.
+FORCED_TARGET_LANGUAGE_TOKENIZERS = ("MBart50", "Nllb", "M2M100")
+
+
 def apply_language_settings(tokenizer, model, data_args: DataArguments) -> None:
-    """--lang and --forced_bos_token, as the Hugging Face script applies them for mBART and the like."""
-    vocabulary = None
-    if data_args.lang is not None:
-        if hasattr(tokenizer, "src_lang"):  # mBART, mBART-50, M2M100, NLLB: the language codes are tokens
-            vocabulary = tokenizer.get_vocab()
-            if data_args.lang not in vocabulary:
+    """Languages (--lang, or --source_lang/--target_lang) and --forced_bos_token for multilingual tokenizers
+    (mBART, mBART-50, NLLB, M2M100), as the Hugging Face scripts apply them; unknown codes are refused."""
+    translation = isinstance(data_args, TranslationDataArguments)
+    flags = ("source_lang", "target_lang") if translation else ("lang", "lang")
+    kind = type(tokenizer).__name__
+    multilingual = hasattr(tokenizer, "src_lang")  # the language codes are tokens
+    languages = dict(zip(flags, data_args.languages))
+    if multilingual:
+        for flag, code in languages.items():
+            if code is None:
+                if translation:
+                    raise UserError(
+                        f"{kind} is a multilingual tokenizer: it needs --source_lang and --target_lang as it writes "
+                        f"them (e.g. en_XX and ro_RO for mBART, eng_Latn and ron_Latn for NLLB)."
+                    )
+                if kind.startswith("MBart"):
+                    logger.warning(
+                        "%s is a multilingual tokenizer: pass --lang with the language of your texts (e.g. en_XX).",
+                        kind,
+                    )
+                continue
+            if _language_token_id(tokenizer, code) is None:
                 raise UserError(
-                    f"--lang {data_args.lang!r} is not a language of the {type(tokenizer).__name__} tokenizer "
-                    f"(no such token in its vocabulary). Fix: pass a language code as the tokenizer writes it "
-                    f"(e.g. en_XX for mBART)."
+                    f"--{flag} {code!r} is not a language of the {kind} tokenizer (no such token in its vocabulary). "
+                    f"Fix: pass a language code as the tokenizer writes it (e.g. en_XX for mBART, eng_Latn for "
+                    f"NLLB, en for M2M100)."
                 )
-            tokenizer.src_lang = data_args.lang
-            if hasattr(tokenizer, "tgt_lang"):
-                tokenizer.tgt_lang = data_args.lang
-        else:
-            logger.warning(
-                "--lang %s has no effect: the %s tokenizer has no source or target language "
-                "(only multilingual ones such as mBART's have).",
-                data_args.lang,
-                type(tokenizer).__name__,
-            )
-    elif type(tokenizer).__name__.startswith("MBart"):
-        logger.warning(
-            "%s is a multilingual tokenizer: pass --lang with the language of your texts (e.g. en_XX).",
-            type(tokenizer).__name__,
-        )
+        source, target = data_args.languages
+        if source is not None:
+            tokenizer.src_lang = source
+        if target is not None and hasattr(tokenizer, "tgt_lang"):
+            tokenizer.tgt_lang = target
+        if target is not None and model.config.decoder_start_token_id is None and kind.startswith("MBart"):
+            # mBART's decoder starts from the target language's token (the Hugging Face scripts set it too).
+            model.config.decoder_start_token_id = _language_token_id(tokenizer, target)
+            model.generation_config.decoder_start_token_id = model.config.decoder_start_token_id
+    else:
+        for flag, code in languages.items():
+            if code is not None and not translation:  # translation languages also pick the data's columns
+                logger.warning(
+                    "--%s %s has no effect: the %s tokenizer has no source or target language "
+                    "(only multilingual ones such as mBART's have).",
+                    flag,
+                    code,
+                    kind,
+                )
+                break
     token = data_args.forced_bos_token
+    if token is None and translation and multilingual and kind.startswith(FORCED_TARGET_LANGUAGE_TOKENIZERS):
+        token = data_args.target_lang
+        logger.info("Forcing the target language %s as the first generated token (--forced_bos_token).", token)
     if token is not None:
-        vocabulary = vocabulary if vocabulary is not None else tokenizer.get_vocab()
-        if token not in vocabulary:
+        token_id = _language_token_id(tokenizer, token)
+        if token_id is None:
             raise UserError(
                 f"--forced_bos_token {token!r} is not in the tokenizer's vocabulary, so it cannot be forced as the "
                 f"first generated token. Fix: pass the target language's token as the tokenizer writes it "
                 f"(e.g. de_DE for mBART-50), or drop --forced_bos_token."
             )
-        model.config.forced_bos_token_id = vocabulary[token]
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.forced_bos_token_id = vocabulary[token]
+        # In the generation config only: transformers 5 refuses generation settings in the model's config.
+        model.generation_config.forced_bos_token_id = token_id
 
 
 def _from_scratch_config(model_args: ModelArguments):
@@ -271,23 +312,31 @@ def load_seq2seq(model_args: ModelArguments):
     if len(tokenizer) > embedding_size:
         model.resize_token_embeddings(len(tokenizer))
 
-    if getattr(model.config, "decoder_start_token_id", None) is None:
-        raise UserError(
-            f"the model {label!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
-            f"(usually the pad or bos token id)."
-        )
+    if not hasattr(tokenizer, "src_lang"):  # multilingual (mBART): the target language may start it, see below
+        check_decoder_start(model, label)
     return tokenizer, model
 
 
-def remember_summarization_settings(model, data_args: DataArguments) -> None:
+def check_decoder_start(model, label: str) -> None:
+    if getattr(model.config, "decoder_start_token_id", None) is None:
+        raise UserError(
+            f"the model {label!r} has no decoder_start_token_id in its config. Fix: set it in config.json "
+            f"(usually the pad or bos token id; for mBART, pass the target language)."
+        )
+
+
+def remember_task_settings(model, data_args: DataArguments) -> None:
     """Store how the model is fine-tuned in its config, so every checkpoint and the final model
-    carry it: the source prefix, the input length and the generation length (and beams).
+    carry it: the source prefix, the input length and the generation length (and beams), and
+    for translation the languages.
 
     They go where Hugging Face models keep them (config.task_specific_params["summarization"],
-    as google-t5/t5-small does); `seqtune summarize` applies them.
+    as google-t5/t5-small does; "translation" for translation); `seqtune summarize` and
+    `seqtune translate` apply them.
     """
+    task = task_of(data_args)
     params = dict(getattr(model.config, "task_specific_params", None) or {})
-    settings = dict(params.get("summarization") or {})
+    settings = dict(params.get(task.name) or {})
     settings["prefix"] = data_args.source_prefix or ""
     settings["max_source_length"] = data_args.max_source_length
     settings["max_length"] = data_args.val_max_target_length
@@ -295,14 +344,16 @@ def remember_summarization_settings(model, data_args: DataArguments) -> None:
         settings["num_beams"] = data_args.num_beams
     if (settings.get("min_length") or 0) > settings["max_length"]:
         del settings["min_length"]
-    params["summarization"] = settings
+    if isinstance(data_args, TranslationDataArguments):
+        settings.update(source_lang=data_args.source_lang, target_lang=data_args.target_lang)
+    params[task.name] = settings
     model.config.task_specific_params = params
 
 
-def summarization_settings(config) -> dict:
-    """The settings `remember_summarization_settings` stored (or a hub model's own), else {}."""
+def task_settings(config, task: str = "summarization") -> dict:
+    """The settings `remember_task_settings` stored for `task` (or a hub model's own), else {}."""
     params = getattr(config, "task_specific_params", None) or {}
-    return dict(params.get("summarization") or {})
+    return dict(params.get(task) or {})
 
 
 def check_position_embeddings(model, model_args: ModelArguments, data_args: DataArguments) -> None:

@@ -68,6 +68,7 @@ RUN_FILES = OWN_FILES | {
     "plot_learning_rate.png",
     "plot_eval_loss.png",
     "plot_eval_rouge.png",
+    "plot_eval_bleu.png",
 }
 # Names save_pretrained writes for a model and its tokenizer: a user's file of such a name would be
 # written over by the final model, so --overwrite_output_dir refuses to start over one.

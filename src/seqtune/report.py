@@ -41,6 +41,7 @@ from .outputs import (
     seqtunes_files,
 )
 from .runtime import is_main_process
+from .tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ PLOT_PREFIX = "plot_"
 TRAINING_LOSS_PLOT = "plot_training_loss.png"  # the model card embeds this one
 REPORT_EXAMPLES = 5
 EXAMPLE_TEXT_LIMIT = 5000  # characters kept per source/reference text
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 KEY_SETTINGS = (
     "model_name_or_path",
     "dataset_name",
@@ -307,8 +307,6 @@ def make_plots(output_dir: str, records: list[dict]) -> list[tuple[str, str]]:
         made.append(("plot_learning_rate.png", "Learning rate per logged step"))
 
     eval_steps, eval_losses = series(records, "eval", "eval_loss")
-    rouge_lines = {key: series(records, "eval", f"eval_{key}") for key in ROUGE_KEYS}
-    rouge_lines = {key: line for key, line in rouge_lines.items() if line[0]}
     if eval_steps:
         _plot(
             os.path.join(output_dir, "plot_eval_loss.png"),
@@ -318,15 +316,13 @@ def make_plots(output_dir: str, records: list[dict]) -> list[tuple[str, str]]:
             markers=True,
         )
         made.append(("plot_eval_loss.png", "Evaluation loss per evaluation"))
-    if rouge_lines:
-        _plot(
-            os.path.join(output_dir, "plot_eval_rouge.png"),
-            "Evaluation ROUGE",
-            "ROUGE (F1 x 100)",
-            rouge_lines,
-            markers=True,
-        )
-        made.append(("plot_eval_rouge.png", "Evaluation ROUGE per evaluation"))
+    for task in TASKS.values():  # the run's own scores: ROUGE for summaries, BLEU and chrF for translations
+        lines = {key: series(records, "eval", f"eval_{key}") for key in task.scorer.names}
+        lines = {key: line for key, line in lines.items() if line[0]}
+        if lines:
+            name, title, axis = task.plot
+            _plot(os.path.join(output_dir, name), title, axis, lines, markers=True)
+            made.append((name, f"{title} per evaluation"))
 
     keep = {name for name, _ in made}
     record_files(output_dir, keep)

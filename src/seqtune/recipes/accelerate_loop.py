@@ -41,43 +41,43 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import checkpoints
+from .. import adapters, checkpoints
 from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
 from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
 from ..errors import exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
 from ..metrics import decode_token_ids
-from ..outputs import arguments_as_dict, save_final_model
+from ..outputs import arguments_as_dict
 from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
+from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
 from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
 
 logger = logging.getLogger(__name__)
 
-PROG = "run_summarization_no_trainer.py"
-TRACKER_PROJECT = "summarization_no_trainer"
 # Parameters without weight decay: biases and normalisation weights (the Trainer's rule).
 NO_DECAY_NAME_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     argv = sys.argv[1:] if argv is None else argv
-    model_args, data_args, args = parse_arguments((ModelArguments, DataArguments, LoopArguments), argv, prog=PROG)
+    prog = task.loop_script
+    model_args, data_args, args = parse_arguments((ModelArguments, task.data_arguments, LoopArguments), argv, prog=prog)
     setup_logging()
     logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
-    checkpoints.check_accelerate_checkpoint(args.resume_from_checkpoint, PROG)
-    accelerator = build_accelerator(args)
+    checkpoints.check_accelerate_checkpoint(args.resume_from_checkpoint, prog)
+    accelerator = build_accelerator(args, prog)
     hub = HubPusher.from_arguments(args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
-        model_args, data_args, args, command=[PROG, *argv], main_process_first=accelerator.main_process_first, hub=hub
+        model_args, data_args, args, command=[prog, *argv], main_process_first=accelerator.main_process_first, hub=hub
     )
     warn_fp16_overflow(setup.model.config.model_type, accelerator.mixed_precision)
-    checkpoints.check_accelerate_checkpoint(setup.resume_from, PROG)  # the newest one in --output_dir
+    checkpoints.check_accelerate_checkpoint(setup.resume_from, prog)  # the newest one in --output_dir
 
     run = build_run(accelerator, args, data_args, setup)
     if setup.resume_from:
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     eval_metrics = train(run, args, hub)
     train_metrics = training_metrics(run, time.time() - started, setup.tokenize_runtime)
 
-    model_files = save_final_model(lambda folder: save_model(run, folder), args.output_dir)
+    model_files = adapters.save_final(  # --use_peft: the adapter folder (and --merge_adapter's merged model)
+        lambda folder: save_model(run, folder), run.model, run.tokenizer, model_args, args.output_dir
+    )
     results: dict = {}
     run.log.append({**train_metrics, "step": run.state.completed_steps})
     for split, metrics in (("train", train_metrics), ("eval", eval_metrics)):
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             "max_train_steps": run.max_train_steps,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
         },
-        command=[PROG, *argv],
+        command=[prog, *argv],
         trainer=f"Accelerate loop, {accelerator.num_processes} process(es)",
         model_files=model_files,
         hub=hub,  # --push_to_hub: the final push, after the card
@@ -134,7 +136,7 @@ class _TiedWeightsNote(logging.Filter):
         return "Removed shared tensor" not in record.getMessage()
 
 
-def build_accelerator(args: LoopArguments):
+def build_accelerator(args: LoopArguments, prog: str):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
@@ -152,7 +154,7 @@ def build_accelerator(args: LoopArguments):
         project_dir=args.output_dir if trackers else None,
         dynamo_plugin=_compile_settings(args),
     )
-    logger.info("%s on %d process(es), device %s.", PROG, accelerator.num_processes, accelerator.device)
+    logger.info("%s on %d process(es), device %s.", prog, accelerator.num_processes, accelerator.device)
     if args.torch_compile:
         logger.info(
             "torch.compile: backend %s, mode %s (the first steps compile).",
@@ -205,6 +207,7 @@ class LoopState:
 class LoopRun:
     """Everything the loop works with, built once by `build_run` (model and loaders prepared by Accelerate)."""
 
+    task: Task
     accelerator: Any
     model: Any
     model_type: str | None  # "t5", "bart", ...: named in the message of a non-finite loss
@@ -252,7 +255,9 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     )
     state = LoopState()
     accelerator.register_for_checkpointing(state)
+    adapters.register_checkpoint_hooks(accelerator)  # a LoRA model's checkpoints hold its adapter only
     return LoopRun(
+        task=task_of(data_args),
         accelerator=accelerator,
         model=model,
         model_type=setup.model.config.model_type,
@@ -370,7 +375,7 @@ def start_logging(run: LoopRun, args: LoopArguments, arguments: list) -> None:
     if run.tracking:
         config = arguments_as_dict(arguments)
         run.accelerator.init_trackers(
-            TRACKER_PROJECT, {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
+            f"{run.task.name}_no_trainer", {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))}
         )
     logger.info("***** Training *****")
     logger.info(
@@ -427,7 +432,8 @@ def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
             break
         train_one_epoch(run, args, epoch, totals, bar, hub)
         eval_metrics = evaluate(run)
-        logger.info("epoch %d: %s", epoch, "  ".join(f"{k}={v}" for k, v in eval_metrics.items() if "rouge" in k))
+        scores = {f"eval_{name}" for name in run.task.scorer.names}
+        logger.info("epoch %d: %s", epoch, "  ".join(f"{k}={v}" for k, v in eval_metrics.items() if k in scores))
         run.accelerator.log(eval_metrics, step=run.state.completed_steps)
         run.log.append({**eval_metrics, "step": run.state.completed_steps})
         if args.checkpointing_steps == "epoch":
@@ -559,8 +565,9 @@ def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progre
 
 
 def evaluate(run: LoopRun) -> dict:
-    """eval_loss, eval_rouge*, eval_gen_len, runtimes, eval_samples and epoch, over the (length-sorted) eval loader."""
-    totals = GenerationTotals()
+    """eval_loss, the task's scores (eval_rouge*, eval_bleu, ...), eval_gen_len, runtimes, eval_samples and
+    epoch, over the (length-sorted) eval loader."""
+    totals = GenerationTotals(run.task.scorer())
     bar = Progress(len(run.eval_loader), "Evaluating", unit="batch", leave=False)
     generate_batches(run, run.eval_loader, totals, bar)
     bar.close()
@@ -578,7 +585,8 @@ def predict(run: LoopRun, dataset, args: LoopArguments) -> dict:
         loader = DataLoader(subset, collate_fn=run.collator, batch_size=batch_size, generator=torch.Generator())
         return generate_batches(run, accelerator.prepare(loader), totals, bar)
 
-    metrics = predict_to_file(dataset, generate_window, args.output_dir, on_cpu=accelerator.device.type == "cpu")
+    on_cpu = accelerator.device.type == "cpu"
+    metrics = predict_to_file(dataset, generate_window, args.output_dir, run.task.scorer(), on_cpu=on_cpu)
     bar.close()
     return metrics
 

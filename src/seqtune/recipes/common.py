@@ -17,11 +17,11 @@ from typing import Any
 
 from transformers import set_seed
 
+from ..adapters import adapter_summary, apply_lora, check_same_model
 from ..arguments import DataArguments, ModelArguments
 from ..card import write_model_card
-from ..checkpoints import check_same_model
 from ..data import RawData, load_raw_data, split_needs, tokenize_splits, wanted_splits
-from ..modeling import load_model_and_tokenizer, remember_summarization_settings
+from ..modeling import load_model_and_tokenizer, remember_task_settings
 from ..outputs import (
     log_metrics,
     mark_run_finished,
@@ -34,6 +34,7 @@ from ..outputs import (
 from ..progress import configure_library_progress, phase
 from ..report import build_report_at_end, save_report_examples
 from ..runtime import close_process_group
+from ..tasks import TRANSLATION, task_of
 from ..xla import log_compilations, on_xla, prepare_for_xla
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ def set_up_run(
         wanted = wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
         raw = load_raw_data(data_args, model_args, wanted, needs=split_needs(run_args))
     tokenizer, model = load_model_and_tokenizer(model_args, data_args)
-    if resume_from:  # a checkpoint of another model: refused before anything is written
+    model = apply_lora(model, model_args)  # --use_peft / --lora_r: LoRA adapters (PEFT) are what trains
+    if resume_from:  # a checkpoint of another model (or adapter): refused before anything is written
         check_same_model(resume_from, model, model_args.model_name_or_path)
-    remember_summarization_settings(model, data_args)  # saved with the model for `seqtune summarize`
+    remember_task_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
     mark_run_started(output_dir, command, [model_args, data_args, run_args])  # secrets redacted
     save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
@@ -151,9 +153,12 @@ def wrap_up_run(
                 "max_target_length": data_args.max_target_length,
             },
             "source_prefix": data_args.source_prefix,
+            "task": task_of(data_args).name,  # the card's pipeline, command and (translation) languages
+            "languages": list(data_args.languages) if task_of(data_args) is TRANSLATION else None,
             "command": redacted_command(command),
             "trainer": trainer,
             "repo_id": hub.repo_id if hub is not None else None,
+            "adapter": adapter_summary(setup.model),  # a LoRA run: the card describes the adapter
         },
     )
     log_compilations()  # on an XLA device: how many graphs were compiled

@@ -16,24 +16,23 @@ import torch
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
-from .. import checkpoints, progress
+from .. import adapters, checkpoints, progress
 from ..arguments import DataArguments, ModelArguments, TrainerArguments, changed_arguments, parse_arguments
 from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
 from ..errors import exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
 from ..losses import example_loss_sums, mean_token_loss, token_summed_loss
-from ..metrics import decode_token_ids, summary_metrics
-from ..outputs import record_files, save_final_model
+from ..metrics import Scorer, SummaryScorer, decode_token_ids, score_generated
+from ..outputs import record_files
 from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from ..report import RunLog, RunLogCallback
 from ..runtime import setup_logging
+from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import prepare_trainer_arguments
 from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
 
 logger = logging.getLogger(__name__)
-
-PROG = "run_summarization.py"
 
 
 class SeqtuneTrainer(Seq2SeqTrainer):
@@ -45,6 +44,7 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     _writing_checkpoint = False  # while True, the Trainer writes into the staging folder
     hub_pusher: HubPusher | None = None  # --push_to_hub: pushes each published checkpoint
     progress_callback: progress.TrainerProgressCallback | None = None  # names the next evaluation loop
+    scorer: type[Scorer] = SummaryScorer  # the task's metric
 
     # --- distributed evaluation: no padded duplicates --------------------------------------
     # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
@@ -130,7 +130,9 @@ class SeqtuneTrainer(Seq2SeqTrainer):
 
         compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
         try:
-            return predict_to_file(dataset, generate_window, output_dir, on_cpu=self.args.device.type == "cpu")
+            return predict_to_file(
+                dataset, generate_window, output_dir, self.scorer(), on_cpu=self.args.device.type == "cpu"
+            )
         finally:
             self.compute_metrics = compute_metrics
 
@@ -196,7 +198,12 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         return epochs_trained, steps_in_epoch
 
     def _save_checkpoint(self, model, trial) -> None:
-        checkpoints.save_trainer_checkpoint(self, lambda: super(SeqtuneTrainer, self)._save_checkpoint(model, trial))
+        def write_checkpoint() -> None:
+            super(SeqtuneTrainer, self)._save_checkpoint(model, trial)
+            staged = checkpoints.staging_path(self.args.output_dir, self.state.global_step)
+            adapters.complete_adapter_folder(self.model, staged)  # a LoRA run: the task settings beside the adapter
+
+        checkpoints.save_trainer_checkpoint(self, write_checkpoint)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # Tied weights (T5's and BART's shared embeddings and output layer) are saved once and the
@@ -209,21 +216,22 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         super()._issue_warnings_after_load(load_result)
 
 
-def build_compute_metrics(tokenizer):
+def build_compute_metrics(tokenizer, scorer: type[Scorer]):
     def compute_metrics(eval_prediction):
         generated = eval_prediction.predictions
         if isinstance(generated, tuple):
             generated = generated[0]
-        return summary_metrics(generated, eval_prediction.label_ids, tokenizer)
+        return score_generated(generated, eval_prediction.label_ids, tokenizer, scorer())
 
     return compute_metrics
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     argv = sys.argv[1:] if argv is None else argv
+    prog = task.trainer_script
     model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, TrainerArguments), argv, prog=PROG
+        (ModelArguments, task.data_arguments, TrainerArguments), argv, prog=prog
     )
     setup_logging(training_args.log_level)
     prepare_trainer_arguments(training_args)  # a non-fused optimizer on TPUs
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         model_args,
         data_args,
         training_args,
-        command=[PROG, *argv],
+        command=[prog, *argv],
         main_process_first=training_args.main_process_first,
         hub=hub,
     )
@@ -248,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_files = None
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
-        model_files = save_final_model(trainer.save_model, output_dir)
+        # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
+        model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
         metrics = dict(
             train_result.metrics, train_samples=len(tokenized["train"]), tokenize_runtime=setup.tokenize_runtime
         )
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         setup=setup,
         results=results,
         hyperparameters={"num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps},
-        command=[PROG, *argv],
+        command=[prog, *argv],
         trainer="Seq2SeqTrainer",
         model_files=model_files,
         hub=hub,
@@ -297,6 +306,7 @@ def build_trainer(
 ) -> SeqtuneTrainer:
     """The SeqtuneTrainer over the tokenized splits, with seqtune's generation settings, run log and progress."""
     tokenizer, model, tokenized = setup.tokenizer, setup.model, setup.tokenized
+    scorer = task_of(data_args).scorer
     generation = generation_settings(data_args, training_args.generation_max_length, training_args.generation_num_beams)
     training_args.generation_max_length = generation["max_length"]
     training_args.generation_num_beams = generation["num_beams"]
@@ -310,8 +320,9 @@ def build_trainer(
         eval_dataset=length_sorted(tokenized["validation"]) if "validation" in tokenized else None,
         processing_class=tokenizer,
         data_collator=build_collator(tokenizer, model, data_args, pad_multiple),
-        compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
+        compute_metrics=build_compute_metrics(tokenizer, scorer) if training_args.predict_with_generate else None,
     )
+    trainer.scorer = scorer
     trainer.hub_pusher = hub
     trainer.add_callback(RunLogCallback(training_args.output_dir))  # log_history.jsonl, for the report
     trainer.progress_callback = progress.install(trainer)  # bars on a terminal, log lines elsewhere
