@@ -430,3 +430,47 @@ def test_push_to_hub_uploads_the_adapter_with_a_card_naming_the_base_model(t5_mo
     assert yaml.safe_load(card.split("---\n")[1])["library_name"] == "peft"
     assert f"A LoRA adapter (PEFT) for `{t5_model}`" in card and "## LoRA adapter" in card
     assert "LoRA r=4, alpha=8" in card
+
+
+# --------------------------------------------------------------------------- the benchmark's own logic
+
+
+def test_lora_benchmark_runs_both_systems_on_the_same_steps_and_reports_ratios(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import bench_lora
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    files = {"train": "t.jsonl", "validation": "v.jsonl", "test": "x.jsonl", "pretrain": "p.jsonl"}
+    config = {
+        "model": "m",
+        "files": files,
+        "max_source_length": 64,
+        "max_target_length": 16,
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        "learning_rate": 3e-4,
+        "lora_lr": 1e-3,
+        "lora_r": 8,
+        "seed": 0,
+        "steps": 30,
+        "pretrain_steps": 20,
+        "evaluation": 16,
+    }
+    full, lora = (bench_lora.trainer_flags(config, "out", system) for system in ("full", "lora"))
+    assert full[full.index("--max_steps") + 1] == lora[lora.index("--max_steps") + 1] == "30"
+    assert full[full.index("--learning_rate") + 1] == "0.0003" and lora[lora.index("--learning_rate") + 1] == "0.001"
+    assert "--lora_r" in lora and "--lora_r" not in full
+    pretrain = bench_lora.trainer_flags(config, "out", "pretrain")
+    assert "p.jsonl" in pretrain and "t.jsonl" not in pretrain and "--lora_r" not in pretrain
+    assert "--do_train" not in bench_lora.trainer_flags(config, "out", "base")
+    text = bench_lora.table(
+        {
+            "base": {"eval_rouge1": 1.0},
+            "full": {"trainable": 1000, "checkpoint_mb": 4.0, "eval_rouge1": 50.0},
+            "lora": {"trainable": 10, "checkpoint_mb": 0.5, "eval_rouge1": 40.0},
+        },
+        8,
+    )
+    assert "LoRA r=8" in text and "LoRA/full" in text
+    assert [line.split()[-1] for line in text.splitlines()[1:]] == ["0.010", "0.125", "0.800"]

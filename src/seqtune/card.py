@@ -22,10 +22,10 @@ from .runtime import is_main_process
 
 CARD_NAME = "README.md"
 TASK = "summarization"  # the task of a card whose facts name none
-# Per task: the pipeline's variable, its output key, the `seqtune` command and an example input file.
+# Per task: the `seqtune` command that uses the model and an example input.
 USAGE = {
-    "summarization": ("summarizer", "summary_text", "summarize", "article.txt"),
-    "translation": ("translator", "translation_text", "translate", "--lines sentences.txt"),
+    "summarization": ("summarize", "article.txt"),
+    "translation": ("translate", "--lines sentences.txt"),
 }
 _NOISE_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -148,12 +148,15 @@ def render_model_card(output_dir: str, info: dict) -> str:
         sections.append(f"## Training curve\n\n![Training loss]({TRAINING_LOSS_PLOT})\n")
     prefix_note = f"Source prefix: `{prefix!r}`: put it before every input text." if prefix else "No source prefix."
     call = f"{prefix!r} + text" if prefix else "text"
-    variable, output_key, command, example = USAGE[task]
+    command, example = USAGE[task]
     applies = "the prefix and the languages" if languages else "the prefix"
     sections += [
-        f"## Usage\n\n{prefix_note}\n\n```python\nfrom transformers import pipeline\n\n"
-        f'{variable} = pipeline("{task}", model="{model_ref}")\n'
-        f'print({variable}({call})[0]["{output_key}"])\n```\n\n'
+        # generate(), not pipeline(): transformers 5 has no summarization or translation pipeline.
+        f"## Usage\n\n{prefix_note}\n\n```python\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}")\n'
+        f'model = AutoModelForSeq2SeqLM.from_pretrained("{model_ref}")\n'
+        f'inputs = tokenizer({call}, return_tensors="pt", truncation=True)\n'
+        f"print(tokenizer.decode(model.generate(**inputs)[0], skip_special_tokens=True))\n```\n\n"
         f"Or with seqtune, which applies {applies} itself: `seqtune {command} --model {model_ref} {example}`.\n",
         "## Training hyper-parameters\n\n" + ("\n".join(hyper) or "- (defaults)") + "\n",
         f"## How it was trained\n\nseqtune {__version__}, command line:\n\n"
