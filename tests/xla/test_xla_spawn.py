@@ -203,3 +203,32 @@ def test_compilations_stay_bounded_with_varied_length_data(t5_model, tmp_path, i
     assert_ok(result)
     count = compilations(result.stderr)
     assert 0 < count <= 10 < steps, f"{count} XLA graph compilations for {steps} training steps"
+
+
+def test_translation_scripts_run_through_xla_spawn(t5_model, tmp_path, isolated_hf_home):
+    """Issue 24: run_translation.py is the same recipe on another task; xla_spawn runs its own _mp_fn."""
+    sample = os.path.join(REPO, "tests", "fixtures", "tests_samples", "wmt16", "sample.json")
+    script = os.path.join(REPO, "examples", "pytorch", "translation", "run_translation.py")
+    out = tmp_path / "xla-translation"
+    args = [
+        "--model_name_or_path", t5_model,
+        "--train_file", sample,
+        "--validation_file", sample,
+        "--source_lang", "en",
+        "--target_lang", "ro",
+        "--source_prefix", "translate English to Romanian: ",
+        "--output_dir", str(out),
+        "--do_train",
+        "--do_eval",
+        "--predict_with_generate",
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "2",
+        "--max_source_length", "48",
+        "--max_target_length", "16",
+        "--report_to", "none",
+    ]  # fmt: skip
+    result = spawn(1, script, args)
+    assert_ok(result)
+    assert 0 < compilations(result.stderr)
+    results = read_json(out / "all_results.json")
+    assert results["eval_samples"] == 10 and 0 <= results["eval_bleu"] <= 100 and "eval_chrf" in results
