@@ -104,7 +104,7 @@ def _tiny(model_type: str):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     common = {"vocab_size": 64, "d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 16, "d_kv": 8}
-    if model_type not in ("t5", "mt5"):
+    if model_type not in ("t5", "mt5", "umt5", "longt5"):
         common = {
             "vocab_size": 64,
             "d_model": 16,
@@ -121,7 +121,10 @@ def _tiny(model_type: str):
     return AutoModelForSeq2SeqLM.from_config(AutoConfig.for_model(model_type, **common))
 
 
-@pytest.mark.parametrize("model_type", ["t5", "mt5", "bart", "mbart", "pegasus", "marian"])
+@pytest.mark.parametrize(
+    "model_type",
+    ["t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus", "marian", "blenderbot", "plbart", "m2m_100"],
+)
 def test_default_target_modules_per_model_type_wrap_the_attention(model_type):
     model = _tiny(model_type)
     targets = target_modules(model, None)
@@ -239,7 +242,8 @@ def test_a_checkpoint_holds_the_adapter_and_the_optimizer_state_of_its_parameter
     checkpoint = os.path.join(lora_run, f"checkpoint-{STEPS}")
     names = set(os.listdir(checkpoint))
     assert {"adapter_model.safetensors", "optimizer.pt", "seqtune_checkpoint.json", "trainer_state.json"} <= names
-    assert "model.safetensors" not in names
+    assert "model.safetensors" not in names and "README.md" not in names  # PEFT's own card is not seqtune's
+    assert "task_specific_params" in read_json(os.path.join(checkpoint, "config.json"))  # for `seqtune summarize`
     assert torture.checkpoint_problems(checkpoint, STEPS) == []  # manifest, sizes, loadable weights, step
     trainable = len(load_file(os.path.join(checkpoint, "adapter_model.safetensors")))
     optimizer = torch.load(os.path.join(checkpoint, "optimizer.pt"), weights_only=True)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 
 from .errors import UserError
 from .runtime import barrier, is_main_process
@@ -70,10 +71,10 @@ def unwrap(model):
 
 def is_adapter_model(model) -> bool:
     """Whether `model` (possibly wrapped by DDP) is a PEFT model: only its adapter is trained and saved."""
-    try:
-        from peft import PeftModel
-    except ImportError:
+    if "peft" not in sys.modules:  # never imported: no PEFT model exists (and a run without LoRA never pays for it)
         return False
+    from peft import PeftModel
+
     return isinstance(unwrap(model), PeftModel)
 
 
@@ -102,7 +103,7 @@ def target_modules(model, requested: list[str] | None) -> list[str] | str:
     model_type = getattr(model.config, "model_type", None)
     if requested and ALL_LINEAR in requested:
         return ALL_LINEAR
-    targets = list(requested) if requested else DEFAULT_TARGET_MODULES.get(model_type)
+    targets = list(requested or DEFAULT_TARGET_MODULES.get(model_type) or []) or None
     if targets is None:
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
