@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -126,14 +127,21 @@ def run_script(
     args: list[str],
     launcher: list[str] | None = None,
     env: dict | None = None,
-    timeout: int = 600,
+    timeout: int = 270,
     cwd: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a script in a real subprocess (optionally through a launcher such as torchrun)."""
+    """Run a script in a real subprocess (optionally through a launcher such as torchrun).
+
+    The default timeout stays under the tests' own 300 s limit, so a hung run fails with its output shown.
+    """
     command = (launcher or [sys.executable]) + [script] + [str(a) for a in args]
     full_env = dict(os.environ)
     full_env.update(env or {})
-    result = subprocess.run(command, capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=timeout, env=full_env, cwd=cwd)
+    except subprocess.TimeoutExpired as hung:
+        output = (hung.stderr or b"").decode("utf-8", "replace")[-4000:]
+        pytest.fail(f"{shlex.join(command)} ran past {timeout} s; the end of its stderr:\n{output}")
     # Decoded without newline translation (text=True turns every "\r" into "\n"): tests look for
     # carriage returns in logs that are not a terminal.
     result.stdout = result.stdout.decode("utf-8", "replace")
@@ -142,12 +150,24 @@ def run_script(
 
 
 def free_port() -> int:
-    """A TCP port free on loopback right now (for fake servers and torchrun rendezvous)."""
+    """A TCP port free on loopback right now (for fake servers and torchrun rendezvous).
+
+    Drawn below Linux's ephemeral range (32768-60999), not with bind(0): a port from that range, once
+    released, can be taken by any outgoing connection (the other test worker's torchrun ranks open
+    many) before the server that asked for it binds it; a torchrun rendezvous hung that way in CI.
+    """
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port between 20000 and 32000 on 127.0.0.1")
 
 
 def torchrun(nproc_per_node: int = 2, *rendezvous: str) -> list[str]:

@@ -84,7 +84,7 @@ def test_translation_demo_trains_a_tiny_model_whose_bleu_rises(tmp_path):
     settings = json.loads((run_dir / "config.json").read_text())["task_specific_params"]["translation"]
     assert (settings["source_lang"], settings["target_lang"]) == ("en", "ps")
     card = (run_dir / "README.md").read_text()
-    assert 'pipeline("translation"' in card and "seqtune translate" in card
+    assert "model.generate(**inputs)" in card and "seqtune translate" in card
     command = re.search(r"^\s+(seqtune translate --model \S+ --lines sentences\.txt)$", stdout, re.M)
     assert command and shlex.split(command.group(1))[3] == str(run_dir), stdout[-2000:]
     assert "\r" not in stderr

@@ -147,7 +147,7 @@ def test_push_every_save_private_named_repo(t5_model, corpus_files, tmp_path, fa
     card = repo.files["README.md"].decode()
     metadata = yaml.safe_load(card.split("---\n")[1])
     assert metadata["pipeline_tag"] == "summarization" and "base_model" not in metadata  # a local folder
-    assert "# my-summarizer" in card and 'model="alice/my-summarizer"' in card
+    assert "# my-summarizer" in card and 'AutoModelForSeq2SeqLM.from_pretrained("alice/my-summarizer")' in card
     assert t5_model in card  # base model
     assert "train.jsonl" in card and "validation.jsonl" in card  # the data files
     assert "**summarization**" in card
@@ -415,7 +415,7 @@ def test_card_embeds_plot_and_names_hub_base_model(tmp_path):
     assert "cnn_dailymail (3.0.0)" in card and "| eval_rouge1 | 41.5000 |" in card
     assert "- learning_rate: 5e-05\n" in card
     assert "| predict_samples | 12 |" in card and "eval_runtime" not in card and "max_steps" not in card
-    assert "No source prefix." in card and "summarizer(text)" in card
+    assert "No source prefix." in card and 'tokenizer(text, return_tensors="pt"' in card
 
     (out / "plot_training_loss.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     card = render_model_card(str(out), info)

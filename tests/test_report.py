@@ -309,6 +309,14 @@ def test_no_trainer_script_writes_the_log_the_report_and_tensorboard(
 # --------------------------------------------------------------------------- killed and resumed
 
 
+def logged_past_newest_checkpoint(out) -> bool:
+    checkpoint = newest_checkpoint(str(out)) if out.exists() else None
+    if checkpoint is None:
+        return False
+    steps = [r["step"] for r in records_of(out, "train")]
+    return bool(steps) and max(steps) > checkpoint_step(os.path.basename(checkpoint)) + 1
+
+
 def test_report_of_a_killed_run_and_the_log_after_resuming(t5_model, corpus_files, tmp_path, isolated_hf_home):
     out = tmp_path / "run"
     common = ["--do_train", "--logging_steps", "1", "--save_steps", "4", "--max_train_samples", "32"]
@@ -322,11 +330,12 @@ def test_report_of_a_killed_run_and_the_log_after_resuming(t5_model, corpus_file
         while True:  # until a checkpoint exists and steps after it are logged
             assert process.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, "the run logged nothing after its first checkpoint"
-            checkpoint = newest_checkpoint(str(out)) if out.exists() else None
-            if checkpoint is not None:
-                steps = [r["step"] for r in records_of(out, "train")]
-                if steps and max(steps) > checkpoint_step(os.path.basename(checkpoint)) + 1:
+            if logged_past_newest_checkpoint(out):
+                # Freeze the run and look again: it may have published a newer checkpoint since the first look.
+                process.send_signal(signal.SIGSTOP)
+                if logged_past_newest_checkpoint(out):
                     break
+                process.send_signal(signal.SIGCONT)
             time.sleep(0.2)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)

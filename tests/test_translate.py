@@ -163,7 +163,7 @@ def test_a_trained_model_translates_text_and_nested_jsonl_from_the_cli(trained_d
     # The run's model card (seqtune.card via the recipes' wrap_up_run) is a translation card.
     card = (trained_dir / "README.md").read_text(encoding="utf-8")
     assert "pipeline_tag: translation" in card and "for **translation** from en to ps" in card
-    assert 'pipeline("translation"' in card and f"seqtune translate --model path/to/{trained_dir.name}" in card
+    assert "model.generate(**inputs)" in card and f"seqtune translate --model path/to/{trained_dir.name}" in card
 
 
 def test_source_column_of_nested_and_flat_tables_in_input_order(translating_model, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 The one place that knows about PEFT; the rest of seqtune calls it at a few points:
 
-- `apply_lora` (from `modeling.load_model_and_tokenizer`): the model the run trains is the base
+- `apply_lora` (from `recipes.common.set_up_run`): the model the run trains is the base
   model wrapped by `peft.get_peft_model` with a `LoraConfig` built from the flags; the target
   layers default per model type (`DEFAULT_TARGET_MODULES`), and a target that matches none of
   the model's layers is refused with the names it has.
@@ -14,7 +14,7 @@ The one place that knows about PEFT; the rest of seqtune calls it at a few point
   resume a LoRA checkpoint without LoRA (and the reverse, or another rank).
 - the end of a run (`save_final`): the output dir is the adapter folder (adapter_config.json,
   adapter_model.safetensors, the tokenizer, and the base model's config.json carrying seqtune's
-  summarization settings); `--merge_adapter` also writes OUTPUT_DIR/merged, a full model.
+  task settings); `--merge_adapter` also writes OUTPUT_DIR/merged, a full model.
 - `seqtune summarize --model ADAPTER_FOLDER` (`load_adapter_folder`): the base model named in
   adapter_config.json, the adapter merged into it.
 """
