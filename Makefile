@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint format test-xla bench torture clean
+.PHONY: install demo test lint format test-xla bench bench-streaming torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ test-xla: $(XLA_STAMP)
 # Speed and memory against the plain Seq2SeqTrainer pipeline (prints figures and ratios; minutes).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_summarization.py $(BENCH_ARGS)
+
+bench-streaming: $(STAMP)
+	$(PY) benchmarks/bench_streaming.py $(BENCH_ARGS)
 
 # Kill torture, long version: 20 SIGKILLs at random moments per script, resumed with the same
 # command each time; final steps checked, final weights compared with an uninterrupted run (minutes).

@@ -304,7 +304,7 @@ def worker_floor(config: dict, output_dir: str) -> dict:
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], fused=True)
     # The batches seqtune trains on: its length-grouped order for this seed (epoch 0).
-    from seqtune.data import LengthGroupedSampler
+    from seqtune.batching import LengthGroupedSampler
 
     batch_size = config["batch_size"]
     sampler = LengthGroupedSampler([len(f["input_ids"]) for f in features], batch_size, config["seed"])

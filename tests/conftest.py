@@ -32,6 +32,21 @@ def t5_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def dropout_model(t5_model, tmp_path_factory) -> str:
+    """The tiny T5 with dropout on: a resumed run must restore the RNG to match bit for bit."""
+    import json
+
+    folder = str(tmp_path_factory.mktemp("models") / "tiny-t5-dropout")
+    shutil.copytree(t5_model, folder)
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    config["dropout_rate"] = 0.2
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def bart_model(tmp_path_factory) -> str:
     return make_base_model(str(tmp_path_factory.mktemp("models") / "tiny-bart"), kind="bart")
 

@@ -208,7 +208,7 @@ def test_tokenization_adds_prefix_and_truncates(files, isolated_hf_home, t5_mode
 def test_length_grouped_order_pads_little_and_does_not_walk_from_long_to_short():
     import random
 
-    from seqtune.data import LengthGroupedSampler
+    from seqtune.batching import LengthGroupedSampler
 
     rng = random.Random(0)
     lengths = [rng.randint(100, 1500) for _ in range(4003)]  # 500 batches of 8, and 3 left over

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -93,18 +92,6 @@ def assert_same_weights(folder_a, folder_b) -> None:
     assert a.keys() == b.keys()
     different = [name for name in a if not torch.equal(a[name], b[name])]
     assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
-
-
-@pytest.fixture(scope="module")
-def dropout_model(t5_model, tmp_path_factory) -> str:
-    """The tiny T5 with dropout on: a resumed run must restore the RNG to match bit for bit."""
-    folder = str(tmp_path_factory.mktemp("models") / "tiny-t5-dropout")
-    shutil.copytree(t5_model, folder)
-    config = read_json(os.path.join(folder, "config.json"))
-    config["dropout_rate"] = 0.2
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump(config, handle)
-    return folder
 
 
 def test_help_lists_the_flags_of_the_hugging_face_script():

@@ -226,6 +226,28 @@ class DataArguments:
     max_predict_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N prediction (test) examples."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training data as a stream, never loading or caching it whole (corpora larger than "
+            "memory or disk; --train_file may be a glob of shards). Needs a number of steps (--max_steps, or "
+            "--max_train_steps for the Accelerate script); a checkpoint resumes mid-stream."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={
+            "help": "--streaming: examples read, tokenized and shuffled (length-grouped) together; a resume re-reads "
+            "at most one such block."
+        },
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "--streaming: skip malformed rows met mid-stream (counted and logged) instead of stopping "
+            "with a message naming the file and line."
+        },
+    )
     num_beams: int | None = field(
         default=None, metadata={"help": "Beams for generation in evaluation and prediction (default: the model's)."}
     )
@@ -265,6 +287,8 @@ class DataArguments:
         for name in ("max_source_length", "max_target_length", "val_max_target_length"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.shuffle_buffer_size < 1:
+            raise UserError(f"--shuffle_buffer_size must be at least 1, got {self.shuffle_buffer_size}.")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import datasets
 from datasets import DatasetDict
@@ -20,6 +20,7 @@ from datasets import DatasetDict
 from .arguments import DataArguments, LoopArguments, ModelArguments, TranslationDataArguments
 from .errors import UserError
 from .progress import phase
+from .streaming import Corpus, HubStream, expand_train_files, open_file
 from .tasks import TRANSLATION, Task, task_of
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class RawData:
     text_column: str
     summary_column: str
     source: str  # a short description for logs, reports and model cards
+    train_corpus: Corpus | None = None  # --streaming: the train split, read as training goes (not in `splits`)
 
 
 # --------------------------------------------------------------------------- files
@@ -515,6 +517,8 @@ def load_raw_data(
         )
     if data_args.dataset_name is not None and have_files:
         raise UserError("pass either --dataset_name or data files (--train_file/...), not both.")
+    if data_args.streaming and "train" in wanted:
+        return _with_streamed_train_split(data_args, model_args, wanted, needs)
 
     if data_args.dataset_name is not None:
         loaded = _load_named_dataset(data_args, model_args)
@@ -571,6 +575,83 @@ def load_raw_data(
     return RawData(splits=splits, text_column=text_column, summary_column=summary_column, source=source)
 
 
+def _with_streamed_train_split(
+    data_args: DataArguments, model_args: ModelArguments, wanted: list[str], needs: dict[str, str] | None
+) -> RawData:
+    """--streaming: the train split as a `Corpus` (checked from its first rows only), the others loaded as usual."""
+    task = task_of(data_args)
+    if data_args.dataset_name is not None:
+        sources = [HubStream(_stream_named_dataset(data_args, model_args), data_args.dataset_name)]
+        where = f"data set {data_args.dataset_name!r} split 'train'"
+        source = data_args.dataset_name + (
+            f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
+        )
+    elif data_args.train_file is not None:
+        paths = expand_train_files(data_args.train_file)
+        sources = [open_file(path) for path in paths]
+        where = paths[0]
+        source = os.path.basename(paths[0]) + (f" and {len(paths) - 1} more files" if len(paths) > 1 else "")
+    else:
+        need = (needs or ANY_SCRIPT_SPLIT_NEEDS)["train"].format(trainer=task.trainer_script, loop=task.loop_script)
+        raise UserError(f"{need}. Fix: pass --train_file.")
+    columns = sources[0].columns()
+    text_column, summary_column = resolve_columns(columns, data_args, where)
+    for other in sources[1:]:  # every shard has the columns (its header, schema or first row: nothing more is read)
+        if not {text_column, summary_column} <= set(other.columns()):
+            raise UserError(
+                f"{other.path} has the columns {', '.join(other.columns())}, not {text_column!r} and "
+                f"{summary_column!r} as {where}. Fix: give every training file the same columns."
+            )
+    for other in sources:
+        if hasattr(other, "wanted"):  # Parquet: read only the two columns' top-level parents
+            other.wanted = sorted({text_column.split(".")[0], summary_column.split(".")[0]})
+    corpus = Corpus(
+        sources,
+        text_column,
+        summary_column,
+        cap=data_args.max_train_samples,
+        skip_bad_rows=data_args.skip_bad_rows,
+        words=task.column_words,
+    )
+    others = [split for split in wanted if split != "train"]
+    if others:
+        raw = load_raw_data(replace(data_args, streaming=False), model_args, others, needs)
+        if (raw.text_column, raw.summary_column) != (text_column, summary_column):
+            raise UserError(
+                f"the training stream's columns are {text_column!r} and {summary_column!r}, the other splits' "
+                f"{raw.text_column!r} and {raw.summary_column!r}. Fix: give every split the same columns, or name "
+                f"them with {_column_flags(task)}."
+            )
+        raw.train_corpus, raw.source = corpus, f"{source} (streamed)"
+        return raw
+    return RawData(DatasetDict(), text_column, summary_column, f"{source} (streamed)", train_corpus=corpus)
+
+
+def _stream_named_dataset(data_args: DataArguments, model_args: ModelArguments):
+    name = data_args.dataset_name
+    try:
+        return datasets.load_dataset(
+            name,
+            data_args.dataset_config_name,
+            split="train",
+            streaming=True,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
+    except FileNotFoundError as error:
+        raise UserError(
+            f"data set {name!r} was not found ({error}). Fix: check the name; offline (HF_HUB_OFFLINE=1), pass the "
+            f"path of a local data set folder, or use --train_file."
+        ) from None
+    except ValueError as error:  # an unknown config, or no train split
+        raise UserError(f"data set {name!r}: {error}") from None
+    except Exception as error:  # network, auth: fixable by the user
+        raise UserError(
+            f"could not stream data set {name!r} ({type(error).__name__}: {error}). Fix: check the name, your "
+            f"network and token, or pass local files."
+        ) from None
+
+
 def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str, cap: int | None, task: Task):
     """Drop rows whose text or summary is empty, then keep the first `cap` rows."""
     texts = dataset[text_column]
@@ -610,22 +691,10 @@ def tokenize_split(
     main_process_first=contextlib.nullcontext,
 ):
     """Tokenize one split: prefixed inputs to `input_ids`, summaries to `labels` (cached by datasets)."""
-    prefix = data_args.source_prefix or ""
-    padding = "max_length" if data_args.pad_to_max_length else False
-    mask_padding = padding == "max_length" and data_args.ignore_pad_token_for_loss
-    max_source_length = data_args.max_source_length
+    encode = text_encoder(tokenizer, data_args, max_target_length)
 
     def preprocess(batch):
-        inputs = [prefix + text for text in batch[text_column]]
-        model_inputs = tokenizer(inputs, max_length=max_source_length, padding=padding, truncation=True)
-        labels = tokenizer(
-            text_target=batch[summary_column], max_length=max_target_length, padding=padding, truncation=True
-        )
-        label_ids = labels["input_ids"]
-        if mask_padding:
-            label_ids = [[(t if t != tokenizer.pad_token_id else -100) for t in ids] for ids in label_ids]
-        model_inputs["labels"] = label_ids
-        return model_inputs
+        return encode(batch[text_column], batch[summary_column])
 
     with main_process_first(), phase(description, total=len(dataset)):
         return dataset.map(
@@ -636,6 +705,28 @@ def tokenize_split(
             load_from_cache_file=not data_args.overwrite_cache,
             desc=description,
         )
+
+
+def text_encoder(tokenizer, data_args: DataArguments, max_target_length: int):
+    """encode(texts, targets) -> model inputs (lists): the prefixed texts to `input_ids`, the targets to `labels`."""
+    prefix = data_args.source_prefix or ""
+    padding = "max_length" if data_args.pad_to_max_length else False
+    mask_padding = padding == "max_length" and data_args.ignore_pad_token_for_loss
+    max_source_length = data_args.max_source_length
+
+    def encode(texts: list[str], targets: list[str]) -> dict:
+        model_inputs = tokenizer(
+            [prefix + text for text in texts], max_length=max_source_length, padding=padding, truncation=True
+        )
+        label_ids = tokenizer(text_target=targets, max_length=max_target_length, padding=padding, truncation=True)[
+            "input_ids"
+        ]
+        if mask_padding:
+            label_ids = [[(t if t != tokenizer.pad_token_id else -100) for t in ids] for ids in label_ids]
+        model_inputs["labels"] = label_ids
+        return model_inputs
+
+    return encode
 
 
 # Below this many rows, starting worker processes costs more than it saves.
@@ -691,66 +782,3 @@ def split_needs(run_args) -> dict[str, str]:
     """Why a run needs each split, for `load_raw_data(needs=...)`: the Accelerate loop trains and
     evaluates whatever the flags say (its do_train/do_eval are fixed), the Trainer as asked."""
     return LOOP_SPLIT_NEEDS if isinstance(run_args, LoopArguments) else TRAINER_SPLIT_NEEDS
-
-
-# --------------------------------------------------------------------------- batching order
-
-
-def torch_sampler_base():
-    from torch.utils.data import Sampler
-
-    return Sampler
-
-
-def global_batch_size(per_device: int, processes: int, accumulation: int) -> int:
-    """Examples per optimizer step over all processes: also the size of a length group."""
-    return per_device * processes * accumulation
-
-
-def token_lengths(dataset, column: str = "input_ids") -> list[int]:
-    """Each example's number of tokens, read from the Arrow column (no rows are decoded)."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(dataset.with_format("arrow")[column]).to_pylist()
-
-
-class LengthGroupedSampler(torch_sampler_base()):
-    """Training order that puts examples of similar length in the same batch (less padding).
-
-    The batches are transformers' length grouping (random mega-batches of 50 batches, sorted
-    inside), but their order is shuffled: sorted mega-batches alone walk from the longest to the
-    shortest documents every 50 steps, a curriculum that ends training on the shortest ones and
-    cost the benchmark's model a point of ROUGE against random order. Shuffling whole batches
-    keeps every batch's padding the same. The longest batch still comes first (an out-of-memory
-    shows at once), and a last, partial batch stays last.
-
-    The generator is seeded with seed + epoch only: both loops get the same order for the same
-    seed, a resumed run gets the order of the epoch it resumes in, and `group_size` (the global
-    batch: per-device x processes x accumulation) keeps a distributed step's examples the same
-    as one process's.
-    """
-
-    def __init__(self, lengths: list[int], group_size: int, seed: int):
-        self.lengths = lengths
-        self.group_size = group_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by Accelerate's data loader each epoch
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        import torch
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        indices = get_length_grouped_indices(self.lengths, self.group_size, generator=generator)
-        size = self.group_size
-        full = len(indices) // size
-        # `or [[]]`: fewer examples than one batch leave no full batch to keep first
-        first, *rest = [indices[start * size : (start + 1) * size] for start in range(full)] or [[]]
-        rest = [rest[i] for i in torch.randperm(len(rest), generator=generator).tolist()]
-        return iter([index for batch in [first, *rest] for index in batch] + indices[full * size :])

@@ -82,7 +82,7 @@ def generate_with_loss(model, batch: dict, generation: dict, with_loss: bool = T
 
 def length_sorted(dataset):
     """The data set longest example first (for evaluation, where order does not matter)."""
-    from .data import token_lengths
+    from .batching import token_lengths
 
     lengths = token_lengths(dataset)
     return dataset.select(sorted(range(len(lengths)), key=lambda index: -lengths[index]))
@@ -124,7 +124,7 @@ def predict_to_file(dataset, generate_window: Callable, output_dir: str, scorer:
     `generate_window(subset, totals)` generates for `subset` (a length-sorted window of the
     data set), adds its scores to `totals` (a GenerationTotals), and returns the decoded texts.
     """
-    from .data import token_lengths
+    from .batching import token_lengths
 
     if on_cpu:
         return_large_buffers_to_os()  # flat peak memory however many examples

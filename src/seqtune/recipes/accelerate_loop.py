@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader
 
 from .. import adapters, checkpoints
 from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
-from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
+from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
+from ..data import build_collator
 from ..errors import exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
@@ -53,9 +54,18 @@ from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_ov
 from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
+from ..streaming import TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
-from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
+from .common import (
+    RunSetup,
+    generation_settings,
+    record_results,
+    set_up_run,
+    stream_metrics,
+    training_stream,
+    wrap_up_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +81,7 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     setup_logging()
     logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
     checkpoints.check_accelerate_checkpoint(args.resume_from_checkpoint, prog)
-    accelerator = build_accelerator(args, prog)
+    accelerator = build_accelerator(args, prog, streaming=data_args.streaming)
     hub = HubPusher.from_arguments(args, model_args)  # --push_to_hub: checked in set_up_run, before anything
     setup = set_up_run(
         model_args, data_args, args, command=[prog, *argv], main_process_first=accelerator.main_process_first, hub=hub
@@ -136,7 +146,7 @@ class _TiedWeightsNote(logging.Filter):
         return "Removed shared tensor" not in record.getMessage()
 
 
-def build_accelerator(args: LoopArguments, prog: str):
+def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
@@ -147,7 +157,11 @@ def build_accelerator(args: LoopArguments, prog: str):
         mixed_precision=mixed_precision_name(args.fp16, args.bf16) if (args.fp16 or args.bf16) else None,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # The training order depends on --seed and the epoch only, on every process.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # A stream (--streaming) is read whole by every process, each keeping its part of every batch
+        # (dispatching batches from the main process fails on batches of different widths).
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False if streaming else None
+        ),
         # One schedule step per optimizer step, whatever the number of processes (as the Trainer).
         step_scheduler_with_optimizer=False,
         log_with=trackers,
@@ -194,6 +208,7 @@ class LoopState:
     loss_sum: float = 0.0  # sum over optimizer steps of the step's loss (mean over processes)
     total_flos: float = 0.0  # floating-point operations of all processes (the Trainer's estimate)
     steps_without_loss: int = 0  # steps taken before a switch from the no_trainer script (loss not known)
+    stream: dict | None = None  # --streaming: where the training stream resumes (TrainingStream.position_at)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,6 +242,7 @@ class LoopRun:
     num_train_epochs: int
     flos_per_input_token: float
     tracking: bool
+    stream: TrainingStream | None = None  # --streaming: the training examples, read as training goes
     steps_this_run: int = 0  # optimizer steps taken since this process started (for throughput)
 
 
@@ -240,10 +256,15 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     total_batch = global_batch_size(
         args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps
     )
-    train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch)
+    order = "random" if args.train_sampling_strategy == "random" else "group_by_length"
+    stream = training_stream(setup, data_args, group_size=total_batch, seed=args.seed, order=order)
+    train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch, stream)
     optimizer = build_optimizer(model, args, accelerator.device)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # A stream is one long epoch of --max_train_steps (check_streaming made sure it is given).
+    steps_per_epoch = (
+        args.max_train_steps if stream else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    )
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     lr_scheduler = accelerator.prepare(
         get_scheduler(
@@ -278,6 +299,7 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
         # The Trainer's estimate of the work: 6 x input tokens x parameters (embeddings excluded).
         flos_per_input_token=6.0 * accelerator.unwrap_model(model).num_parameters(exclude_embeddings=True),
         tracking=_trackers(args) is not None,
+        stream=stream,
     )
 
 
@@ -287,21 +309,25 @@ def _model_inputs_only(dataset, model):
     return dataset.remove_columns([name for name in dataset.column_names if name not in accepted])
 
 
-def build_data_loaders(splits: dict, collator, args: LoopArguments, group_size: int) -> tuple[DataLoader, DataLoader]:
-    """Training loader in length-grouped (or random) order; evaluation loader longest first.
+def build_data_loaders(
+    splits: dict, collator, args: LoopArguments, group_size: int, stream=None
+) -> tuple[DataLoader, DataLoader]:
+    """Training loader in length-grouped (or random) order, or over the stream; evaluation loader longest first.
 
     Every loader has its own generator: the global RNG is left to dropout, so a resumed run
     draws the same random numbers as an uninterrupted one.
     """
-    if args.train_sampling_strategy == "group_by_length":
+    if stream is not None:  # the stream orders its blocks itself
+        order: dict = {}
+    elif args.train_sampling_strategy == "group_by_length":
         order = {"sampler": LengthGroupedSampler(token_lengths(splits["train"]), group_size, args.seed)}
     else:
         order = {"shuffle": True}
     train_loader = DataLoader(
-        splits["train"],
+        stream if stream is not None else splits["train"],
         collate_fn=collator,
         batch_size=args.per_device_train_batch_size,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(args.seed),  # not the global RNG, even for a stream (see above)
         **order,
     )
     eval_loader = DataLoader(  # longest first, similar lengths together: less padding
@@ -333,6 +359,8 @@ def resume(run: LoopRun, checkpoint: str) -> None:
     else:
         _resume_from_no_trainer_script(run, checkpoint)
     state = run.state
+    if run.stream is not None:
+        run.stream.resume(state.stream)
     logger.info(
         "Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch, state.batches_seen
     )
@@ -379,8 +407,8 @@ def start_logging(run: LoopRun, args: LoopArguments, arguments: list) -> None:
         )
     logger.info("***** Training *****")
     logger.info(
-        "  examples = %d, epochs = %d, batch size (all processes, accumulated) = %d, optimizer steps = %d",
-        len(run.splits["train"]),
+        "  examples = %s, epochs = %d, batch size (all processes, accumulated) = %d, optimizer steps = %d",
+        len(run.splits["train"]) if run.stream is None else "a stream (--streaming)",
         run.num_train_epochs,
         run.total_batch,
         run.max_train_steps,
@@ -452,7 +480,7 @@ def train_one_epoch(
     run.model.train()
     run.train_loader.set_epoch(epoch)  # the order of this epoch (seed + epoch), resumed or not
     batches = run.train_loader
-    if state.batches_seen:
+    if state.batches_seen and run.stream is None:  # a stream resumes at its checkpoint's position itself
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_seen)
     accumulated_loss = torch.zeros((), device=accelerator.device)
     micro_batches, flos = 0, 0.0
@@ -475,7 +503,9 @@ def train_one_epoch(
         bar.update(1)
         log_and_checkpoint(run, args, epoch, totals, bar, hub)
         if state.completed_steps >= run.max_train_steps:
-            if state.batches_seen >= len(run.train_loader):  # its last step: the epoch ran to its end as well,
+            if run.stream is None and state.batches_seen >= len(
+                run.train_loader
+            ):  # its last step: the epoch ran to its end as well,
                 state.epoch, state.batches_seen = epoch + 1, 0  # so epoch_E resumes at epoch E + 1
             return
     state.epoch, state.batches_seen = epoch + 1, 0  # the epoch ran to its end
@@ -526,6 +556,8 @@ def log_and_checkpoint(
 def save_checkpoint(run: LoopRun, args: LoopArguments, hub: HubPusher | None, name: str) -> None:
     """Checkpoint `name`: step_N (N the global step) or epoch_E (E the 0-based epoch just finished), the names
     the Hugging Face no_trainer script gives them; the manifest records the step, which orders them."""
+    if run.stream is not None:
+        run.state.stream = run.stream.position_at(run.state.completed_steps * run.total_batch)
     checkpoints.save_accelerate_checkpoint(
         run.accelerator, args.output_dir, run.state.completed_steps, args.save_total_limit, hub, name=name
     )
@@ -603,8 +635,9 @@ def training_metrics(run: LoopRun, runtime: float, tokenize_runtime: float) -> d
         "train_steps_per_second": round(steps / max(runtime, 1e-9), 3),
         "epoch": round(state.completed_steps / run.steps_per_epoch, 4),
         "total_flos": state.total_flos,
-        "train_samples": len(run.splits["train"]),
+        "train_samples": len(run.splits["train"]) if run.stream is None else state.completed_steps * run.total_batch,
         "tokenize_runtime": tokenize_runtime,
+        **stream_metrics(run.stream),
     }
 
 

@@ -9,6 +9,7 @@ in the loop between `set_up_run` and `wrap_up_run`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -18,9 +19,10 @@ from typing import Any
 from transformers import set_seed
 
 from ..adapters import adapter_summary, apply_lora, check_same_model
-from ..arguments import DataArguments, ModelArguments
+from ..arguments import DataArguments, LoopArguments, ModelArguments
 from ..card import write_model_card
-from ..data import RawData, load_raw_data, split_needs, tokenize_splits, wanted_splits
+from ..data import RawData, load_raw_data, split_needs, text_encoder, tokenize_splits, wanted_splits
+from ..errors import UserError
 from ..modeling import load_model_and_tokenizer, remember_task_settings
 from ..outputs import (
     log_metrics,
@@ -34,6 +36,7 @@ from ..outputs import (
 from ..progress import configure_library_progress, phase
 from ..report import build_report_at_end, save_report_examples
 from ..runtime import close_process_group
+from ..streaming import TrainingStream
 from ..tasks import TRANSLATION, task_of
 from ..xla import log_compilations, on_xla, prepare_for_xla
 
@@ -67,6 +70,7 @@ def set_up_run(
     wrong model name loses nothing.
     """
     configure_library_progress()  # bars on a terminal, line-based progress in logs
+    check_streaming(data_args, run_args)
     if hub is not None:
         hub.check()  # hub reachable, token valid, repository there: fail now, not after training
     output_dir = run_args.output_dir
@@ -95,6 +99,70 @@ def set_up_run(
         tokenized=tokenized,
         tokenize_runtime=round(time.time() - started, 4),
     )
+
+
+def check_streaming(data_args: DataArguments, run_args) -> None:
+    """--streaming trains for a number of steps, checkpoints by steps and reads the stream in the main process."""
+    if not data_args.streaming:
+        return
+    loop = isinstance(run_args, LoopArguments)
+    if not (loop or run_args.do_train):
+        return
+    steps_flag = "--max_train_steps" if loop else "--max_steps"
+    if (run_args.max_train_steps if loop else run_args.max_steps) in (None, -1, 0):
+        raise UserError(
+            f"--streaming trains for a number of steps: pass {steps_flag} N (a stream has no known length, so "
+            f"epochs cannot be counted; it starts a new pass over the data whenever it runs out)."
+        )
+    epoch_flags = ["--checkpointing_steps epoch"] if loop and run_args.checkpointing_steps == "epoch" else []
+    if not loop:
+        epoch_flags += [f"--{name} epoch" for name in ("save_strategy", "eval_strategy") if _is_epoch(run_args, name)]
+    if epoch_flags:
+        raise UserError(
+            f"{epoch_flags[0]}: a stream has no epochs, so this would never happen. Fix: count in steps "
+            f"(e.g. {'--checkpointing_steps 500' if loop else '--save_strategy steps --save_steps 500'})."
+        )
+    if not loop and run_args.dataloader_num_workers:
+        raise UserError(
+            "--streaming reads and tokenizes the stream in the main process (a block at a time, on all cores). "
+            "Fix: leave out --dataloader_num_workers."
+        )
+    if run_args.train_sampling_strategy not in ("group_by_length", "random", "sequential"):
+        raise UserError(
+            f"--train_sampling_strategy {run_args.train_sampling_strategy} needs the whole data set; --streaming "
+            f"orders each block of --shuffle_buffer_size examples. Fix: use group_by_length, random or sequential."
+        )
+
+
+def _is_epoch(run_args, name: str) -> bool:
+    return str(getattr(getattr(run_args, name), "value", getattr(run_args, name))) == "epoch"
+
+
+def training_stream(setup: RunSetup, data_args: DataArguments, *, group_size: int, seed: int, order: str):
+    """--streaming: the endless, tokenized training examples (model inputs only); None for in-memory data."""
+    corpus = setup.raw.train_corpus
+    if corpus is None:
+        return None
+    encode = text_encoder(setup.tokenizer, data_args, data_args.max_target_length)
+    accepted = set(inspect.signature(setup.model.forward).parameters)
+
+    def model_inputs(texts: list[str], targets: list[str]) -> dict:
+        return {key: values for key, values in encode(texts, targets).items() if key in accepted}
+
+    return TrainingStream(
+        corpus, model_inputs, block_size=data_args.shuffle_buffer_size, group_size=group_size, seed=seed, order=order
+    )
+
+
+def stream_metrics(stream: TrainingStream | None) -> dict:
+    """--streaming: rows of the stream left out by this process's reading (a resume reads one block again)."""
+    if stream is None:
+        return {}
+    corpus = stream.corpus
+    metrics = {"train_empty_rows_dropped": corpus.empty_rows}
+    if corpus.skip_bad_rows:
+        metrics["train_bad_rows_skipped"] = corpus.bad_rows
+    return metrics
 
 
 def generation_settings(data_args: DataArguments, max_length: int | None = None, num_beams: int | None = None) -> dict:

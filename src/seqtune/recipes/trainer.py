@@ -8,29 +8,40 @@ checkpoints, loss and evaluation.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 from transformers import Seq2SeqTrainer
 
 from .. import adapters, checkpoints, progress
 from ..arguments import DataArguments, ModelArguments, TrainerArguments, changed_arguments, parse_arguments
-from ..data import LengthGroupedSampler, build_collator, global_batch_size, token_lengths
+from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
+from ..data import build_collator
 from ..errors import exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
 from ..losses import example_loss_sums, mean_token_loss, token_summed_loss
 from ..metrics import Scorer, SummaryScorer, decode_token_ids, score_generated
-from ..outputs import record_files
+from ..outputs import atomic_write_text, record_files
 from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from ..report import RunLog, RunLogCallback
 from ..runtime import setup_logging
+from ..streaming import STREAM_POSITION_FILE, TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import prepare_trainer_arguments
-from .common import RunSetup, generation_settings, record_results, set_up_run, wrap_up_run
+from .common import (
+    RunSetup,
+    generation_settings,
+    record_results,
+    set_up_run,
+    stream_metrics,
+    training_stream,
+    wrap_up_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,7 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     hub_pusher: HubPusher | None = None  # --push_to_hub: pushes each published checkpoint
     progress_callback: progress.TrainerProgressCallback | None = None  # names the next evaluation loop
     scorer: type[Scorer] = SummaryScorer  # the task's metric
+    stream: TrainingStream | None = None  # --streaming: the training examples; its position goes in each checkpoint
 
     # --- distributed evaluation: no padded duplicates --------------------------------------
     # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
@@ -179,6 +191,21 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         )
         return LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
 
+    def get_train_dataloader(self):
+        if self.stream is None:
+            return super().get_train_dataloader()
+        # The stream orders itself; its loader gets its own generator, as the Accelerate loop's: a loader
+        # without one seeds its iterator from the global RNG, which dropout also draws from, so a resumed
+        # run (RNG restored, then a new iterator) would draw other dropout masks than an uninterrupted one.
+        loader = DataLoader(
+            self.stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
+        return self.accelerator.prepare(loader)
+
     def _get_eval_sampler(self, eval_dataset):
         # transformers 5 also length-groups evaluation under group_by_length, in a random order,
         # which would shuffle the predictions. seqtune sorts evaluation data itself (see
@@ -202,8 +229,30 @@ class SeqtuneTrainer(Seq2SeqTrainer):
             super(SeqtuneTrainer, self)._save_checkpoint(model, trial)
             staged = checkpoints.staging_path(self.args.output_dir, self.state.global_step)
             adapters.complete_adapter_folder(self.model, staged)  # a LoRA run: the task settings beside the adapter
+            if self.stream is not None and self.is_world_process_zero():
+                consumed = self.state.global_step * self.global_batch_size()
+                atomic_write_text(
+                    os.path.join(staged, STREAM_POSITION_FILE), json.dumps(self.stream.position_at(consumed))
+                )
 
         checkpoints.save_trainer_checkpoint(self, write_checkpoint)
+
+    def examples_trained(self) -> int:
+        return self.state.global_step * self.global_batch_size()
+
+    def global_batch_size(self) -> int:
+        return global_batch_size(
+            self.args.per_device_train_batch_size, self.args.world_size, self.args.gradient_accumulation_steps
+        )
+
+    def resume_stream(self, checkpoint: str) -> None:
+        """--streaming: continue the stream where `checkpoint` left it (the Trainer skips no batches)."""
+        path = os.path.join(checkpoint, STREAM_POSITION_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                self.stream.resume(json.load(handle))
+        else:
+            logger.warning("%s was not written by a --streaming run: the stream starts at its beginning.", checkpoint)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # Tied weights (T5's and BART's shared embeddings and output layer) are saved once and the
@@ -255,12 +304,14 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     results: dict = {}
     model_files = None
     if training_args.do_train:
+        if trainer.stream is not None and setup.resume_from:
+            trainer.resume_stream(setup.resume_from)
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
         # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
         model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
-        metrics = dict(
-            train_result.metrics, train_samples=len(tokenized["train"]), tokenize_runtime=setup.tokenize_runtime
-        )
+        samples = len(tokenized["train"]) if trainer.stream is None else trainer.examples_trained()
+        metrics = dict(train_result.metrics, train_samples=samples, tokenize_runtime=setup.tokenize_runtime)
+        metrics.update(stream_metrics(trainer.stream))
         record_results(output_dir, "train", metrics, results)
         if trainer.is_world_process_zero():
             trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
@@ -312,10 +363,23 @@ def build_trainer(
     training_args.generation_num_beams = generation["num_beams"]
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
     training_args.push_to_hub = False  # the Trainer's own pushes would bypass staging and write their own card
+    group = global_batch_size(
+        training_args.per_device_train_batch_size, training_args.world_size, training_args.gradient_accumulation_steps
+    )
+    order = training_args.train_sampling_strategy
+    stream = training_stream(
+        setup, data_args, group_size=group, seed=training_args.data_seed or training_args.seed, order=order
+    )
+    if stream is not None:
+        # Every process reads the stream and keeps its part of each batch (dispatching batches from the main
+        # process fails on batches of different widths); on resume the stream continues from the checkpoint's
+        # position instead of the Trainer reading its way past the batches already seen.
+        training_args.accelerator_config.dispatch_batches = False
+        training_args.ignore_data_skip = True
     trainer = SeqtuneTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenized.get("train"),
+        train_dataset=stream if stream is not None else tokenized.get("train"),
         # Evaluation longest first, similar lengths together: less padding (metrics do not depend on order).
         eval_dataset=length_sorted(tokenized["validation"]) if "validation" in tokenized else None,
         processing_class=tokenizer,
@@ -323,6 +387,7 @@ def build_trainer(
         compute_metrics=build_compute_metrics(tokenizer, scorer) if training_args.predict_with_generate else None,
     )
     trainer.scorer = scorer
+    trainer.stream = stream
     trainer.hub_pusher = hub
     trainer.add_callback(RunLogCallback(training_args.output_dir))  # log_history.jsonl, for the report
     trainer.progress_callback = progress.install(trainer)  # bars on a terminal, log lines elsewhere
