@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint format test-xla bench bench-streaming torture clean
+.PHONY: install demo test lint format test-xla bench bench-streaming bench-sharding torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench: $(STAMP)
 
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py $(BENCH_ARGS)
+
+# DeepSpeed ZeRO-2/3 against DDP on 2 processes: per-process peak memory and step time (minutes).
+bench-sharding: $(STAMP)
+	$(PY) benchmarks/bench_sharding.py $(BENCH_ARGS)
 
 # Kill torture, long version: 20 SIGKILLs at random moments per script, resumed with the same
 # command each time; final steps checked, final weights compared with an uninterrupted run (minutes).

@@ -11,7 +11,8 @@
 # minutes in all on one GPU. On a machine without a GPU the fp16 rows show the refusal
 # (exit 2, "use --bf16") and the others run on the CPU (use STEPS=3 there).
 # The T5-family fp16 warning and a non-finite-loss stop, if any, appear in the runs' logs
-# (WORKDIR/<script>-<precision>.log).
+# (WORKDIR/<script>-<precision>.log). Then DeepSpeed ZeRO-2 and ZeRO-3 rows per script, on every GPU
+# under torchrun (NPROC, default: all GPUs; 2 CPU processes without one; SHARDED=0 skips them).
 set -uo pipefail
 
 usage() {  # the comment block above, without its leading '# '
@@ -74,17 +75,16 @@ TRAINER=("$REPO/examples/pytorch/summarization/run_summarization.py" --do_train 
 LOOP=("$REPO/examples/pytorch/summarization/run_summarization_no_trainer.py"
       --max_train_steps "$STEPS" --logging_steps 10)
 
-printf '\n%-10s %-5s %-6s %12s %12s %10s\n' script prec exit train_loss samples/s eval_loss
+SHARDED="${SHARDED:-1}"        # 0: skip the DeepSpeed ZeRO rows
+NPROC="${NPROC:-$("$PY" -c 'import torch; print(torch.cuda.device_count() or 2)')}"
+
+# run_row SCRIPT LABEL OUT COMMAND...: one run (COMMON flags added), one table row from its results.
 status=0
-for script in trainer loop; do
-  for precision in fp32 fp16 bf16; do
-    out="$WORK/$script-$precision"
-    flags=()
-    [ "$precision" = fp32 ] || flags=(--"$precision")
-    if [ "$script" = trainer ]; then command=("${TRAINER[@]}"); else command=("${LOOP[@]}"); fi
-    timeout "$RUN_LIMIT" "$PY" "${command[@]}" "${COMMON[@]}" --output_dir "$out" "${flags[@]}" >"$out.log" 2>&1
-    code=$?
-    read -r loss speed eval_loss < <("$PY" - "$out" <<'EOF'
+run_row() {
+  local script="$1" label="$2" out="$3"; shift 3
+  timeout "$RUN_LIMIT" "$@" "${COMMON[@]}" --output_dir "$out" >"$out.log" 2>&1
+  local code=$?
+  read -r loss speed eval_loss < <("$PY" - "$out" <<'EOF'
 import json, os, sys
 def get(name, key):
     try:
@@ -97,13 +97,30 @@ print(get("train_results.json", "train_loss"), get("train_results.json", "train_
       get("eval_results.json", "eval_loss"))
 EOF
 )
-    printf '%-10s %-5s %-6s %12s %12s %10s\n' "$script" "$precision" "$code" "$loss" "$speed" "$eval_loss"
-    if [ "$code" -ne 0 ]; then
-      grep -h "seqtune: error:" "$out.log" | head -1 | cut -c1-200 | sed 's/^/           /'
-      status=1
-    fi
-    grep -h "overflow in fp16" "$out.log" | head -1 | cut -c1-160 | sed 's/^/           warning: /'
+  printf '%-10s %-12s %-6s %12s %12s %10s\n' "$script" "$label" "$code" "$loss" "$speed" "$eval_loss"
+  if [ "$code" -ne 0 ]; then
+    grep -h "seqtune: error:" "$out.log" | head -1 | cut -c1-200 | sed 's/^/           /'
+    status=1
+  fi
+  grep -h "overflow in fp16" "$out.log" | head -1 | cut -c1-160 | sed 's/^/           warning: /'
+}
+
+printf '\n%-10s %-12s %-6s %12s %12s %10s\n' script run exit train_loss samples/s eval_loss
+for script in trainer loop; do
+  if [ "$script" = trainer ]; then command=("${TRAINER[@]}"); else command=("${LOOP[@]}"); fi
+  for precision in fp32 fp16 bf16; do
+    flags=()
+    [ "$precision" = fp32 ] || flags=(--"$precision")
+    run_row "$script" "$precision" "$WORK/$script-$precision" "$PY" "${command[@]}" ${flags[@]+"${flags[@]}"}
   done
+  # DeepSpeed ZeRO in fp32 on every GPU (2 CPU processes without one): sharded training, its final model.
+  if [ "$SHARDED" = 1 ]; then
+    for stage in zero2 zero3; do
+      run_row "$script" "$stage x$NPROC" "$WORK/$script-$stage" "$PY" -m torch.distributed.run \
+        --nproc_per_node "$NPROC" --master_port "$((29500 + RANDOM % 1000))" "${command[@]}" \
+        --deepspeed "$REPO/configs/deepspeed/$stage.json"
+    done
+  fi
 done
 echo
 echo "logs and outputs: $WORK"

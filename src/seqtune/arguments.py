@@ -474,6 +474,11 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         import torch
 
         check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
+        from .sharding import check_fsdp, deepspeed_config
+
+        check_fsdp(bool(self.fsdp), accelerator_available(), "--fsdp")
+        if self.deepspeed:  # checked now (exit 2 on a bad config); ZeRO-3's gotchas handled
+            self.deepspeed = deepspeed_config(self.deepspeed)
         if not accelerator_available():
             # A CPU-only machine: say so to transformers, or --bf16 is refused and torchrun's
             # processes would not train together (Accelerate picks gloo only when told "cpu").
@@ -624,6 +629,14 @@ class LoopArguments(OutputArguments):
             "--val_max_target_length, which wins when both are given (default: --max_target_length, 128)."
         },
     )
+    deepspeed: str | None = field(
+        default=None,
+        metadata={
+            "help": "Shard with DeepSpeed ZeRO: a DeepSpeed JSON config (path or inline JSON; e.g. "
+            "configs/deepspeed/zero2.json), as the Trainer script's --deepspeed. The same as accelerate launch "
+            "--use_deepspeed --deepspeed_config_file CONFIG."
+        },
+    )
 
     def __post_init__(self):
         self.check_output_dir()
@@ -647,6 +660,10 @@ class LoopArguments(OutputArguments):
         self.check_not_negative("num_warmup_steps", "learning_rate", "weight_decay", "max_grad_norm")
         if self.torch_compile_backend or self.torch_compile_mode:  # as the Trainer's arguments do
             self.torch_compile = True
+        if self.deepspeed:  # a missing file, invalid JSON, an unknown stage: refused now (used by the Accelerator)
+            from .sharding import read_deepspeed_config
+
+            read_deepspeed_config(self.deepspeed)
         steps = self.checkpointing_steps
         if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
             raise UserError(f'--checkpointing_steps must be a positive number or "epoch", got {steps!r}.')

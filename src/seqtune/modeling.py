@@ -308,7 +308,10 @@ def load_seq2seq(model_args: ModelArguments):
     model = _load_or_create_model(model_args, config, label)
 
     # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
-    embedding_size = model.get_input_embeddings().weight.shape[0]
+    # Under DeepSpeed ZeRO-3 the weight is an empty placeholder (its real shape is ds_shape): reading its
+    # shape would "grow" a 32,128-row embedding to the tokenizer's 225 rows, silently retraining it.
+    weight = model.get_input_embeddings().weight
+    embedding_size = getattr(weight, "ds_shape", weight.shape)[0]
     if len(tokenizer) > embedding_size:
         model.resize_token_embeddings(len(tokenizer))
 

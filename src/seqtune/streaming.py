@@ -447,7 +447,8 @@ class TrainingStream(torch_iterable_base()):
         corpus.seed, corpus.shuffle = seed, order != "sequential"  # each pass after the first: files in a new order
         self.block_size, self.group_size, self.seed, self.order = block_size, group_size, seed, order
         self.start = StreamPosition()
-        self.blocks: deque = deque(maxlen=256)  # (StreamPosition, examples) of the blocks read lately
+        # (start, examples, the next block's start) of the blocks read lately
+        self.blocks: deque = deque(maxlen=256)
         self.passes_started = 0
 
     def resume(self, state: dict | None) -> None:
@@ -465,8 +466,10 @@ class TrainingStream(torch_iterable_base()):
 
     def position_at(self, consumed: int) -> dict:
         """The position after `consumed` examples (steps x the global batch), for a checkpoint."""
-        for start, size in reversed(self.blocks):
-            if start.examples_before <= consumed <= start.examples_before + size:
+        for start, size, following in reversed(self.blocks):
+            if consumed == start.examples_before + size:  # a block used up: resume at the next, reading none again
+                return {**following.to_dict(), "skip": 0}
+            if start.examples_before <= consumed < start.examples_before + size:
                 return {**start.to_dict(), "skip": consumed - start.examples_before}
         raise RuntimeError(f"the stream no longer knows where example {consumed} is")
 
@@ -480,14 +483,17 @@ class TrainingStream(torch_iterable_base()):
                 block = [row for _, row in _take(rows, self.block_size)]
                 if not block:
                     break
-                self.blocks.append((block_start, len(block)))
+                # Where the next block starts is known now (the reader stops after this block's last row).
+                following = self._next_block_start(block_start, len(block))
+                self.blocks.append((block_start, len(block), following))
                 features = self.encode([r["text"] for r in block], [r["target"] for r in block])
                 examples = [{key: values[i] for key, values in features.items()} for i in range(len(block))]
                 for index in self.block_order(examples, block_start)[skip:]:
                     yield examples[index]
                 skip = 0
-                block_start = self._next_block_start(block_start, len(block))
-            if block_start.examples_before == pass_started_with:
+                block_start = following
+            # No row in a whole pass (a resume at the very end of a pass reads none, rightly).
+            if block_start.examples_before == pass_started_with and position.used_in_pass == 0:
                 raise UserError(self._no_rows_message())
             self._log_pass_end(block_start)
             position = StreamPosition(

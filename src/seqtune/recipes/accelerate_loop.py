@@ -54,6 +54,7 @@ from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_ov
 from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
+from ..sharding import loop_deepspeed_plugin
 from ..streaming import TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
@@ -150,9 +151,12 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
+    # --deepspeed or `accelerate launch --use_deepspeed`: DeepSpeed ZeRO (None: DDP; FSDP on CPUs refused).
+    deepspeed = loop_deepspeed_plugin(args, accelerator_available())
     accelerator = Accelerator(
         # No GPU: say "cpu", or under torchrun every process would train on its own (gloo needs it).
-        cpu=not accelerator_available(),
+        cpu=not accelerator_available() and deepspeed is None,
+        deepspeed_plugin=deepspeed,
         # --fp16/--bf16; without them, `accelerate launch --mixed_precision` (or its config) decides.
         mixed_precision=mixed_precision_name(args.fp16, args.bf16) if (args.fp16 or args.bf16) else None,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -646,6 +650,7 @@ def save_model(run: LoopRun, folder: str) -> None:
     accelerator = run.accelerator
     unwrapped = accelerator.unwrap_model(run.model)
     state_dict = cpu_state_dict(accelerator.get_state_dict(run.model))  # every process (gathers sharded weights)
+    state_dict = state_dict or {}  # DeepSpeed ZeRO-3 gathers the weights on the main process only
     # --torch_compile: the compiled wrapper names every weight "_orig_mod.<name>".
     state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
     unwrapped.save_pretrained(

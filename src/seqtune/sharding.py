@@ -1,0 +1,219 @@
+"""Models larger than one device: DeepSpeed ZeRO for both recipes, and no silent fallback for FSDP.
+
+- `deepspeed_config(value)`: the Trainer script's `--deepspeed CONFIG` (a path or inline JSON) and the
+  loop's (`--deepspeed`, or `accelerate launch --use_deepspeed --deepspeed_config_file`), read and
+  checked once at start (a missing file, invalid JSON or an unknown ZeRO stage is one message naming
+  the file and the fix, exit 2), then adjusted for what the recipes need:
+  - `train_batch_size: "auto"` is dropped: DeepSpeed derives it (micro batch x accumulation x
+    processes), and ZeRO-3's `zero.Init`, which runs when the model loads, checks an "auto" one filled
+    too early against the wrong process count ("8 != 4 * 1 * 1") and stops;
+  - ZeRO-3 partitions a parameter only above `stage3_param_persistence_threshold` (DeepSpeed's
+    default 100,000 elements keeps every weight of a small model whole on every process): when the
+    config leaves it out, "auto" (10 x hidden size, filled once the model is known) is used;
+  - ZeRO-3 saves no model file unless `stage3_gather_16bit_weights_on_model_save` is true (only
+    DeepSpeed's shards): seqtune turns it on, so the final folder holds `model.safetensors`
+    (gathered on rank 0, layer by layer) that `from_pretrained` and `seqtune summarize` load.
+- `use_venv_extensions_dir()`: where DeepSpeed's JIT-compiled op is cached (see there).
+- `check_fsdp(...)`: FSDP is not wired in seqtune yet; on a machine without GPUs transformers and
+  accelerate would silently train with plain DDP, so seqtune refuses it there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_CONFIGS = "configs/deepspeed/zero2.json, zero2_offload.json, zero3.json or zero3_offload.json"
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+def use_venv_extensions_dir() -> str | None:
+    """Cache DeepSpeed's compiled ops inside the virtual environment; return the folder in use.
+
+    On its first use on a CPU DeepSpeed compiles its shared-memory communication op (minutes) into
+    TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions/pyXY_cpu: one folder for every
+    environment of the user whatever its torch version, where a build against another torch fails to
+    load. Inside a virtual environment (and TORCH_EXTENSIONS_DIR unset) seqtune points it at
+    <venv>/torch_extensions: built once per venv (every run and every test after the first reuses it;
+    `make test` on a fresh clone pays it once), deleted with the venv, never mixed with another
+    torch's build. An explicit TORCH_EXTENSIONS_DIR always wins; outside a venv torch's default stays.
+    """
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    if sys.prefix == sys.base_prefix or not os.access(sys.prefix, os.W_OK):
+        return None
+    folder = os.path.join(sys.prefix, "torch_extensions")
+    os.environ["TORCH_EXTENSIONS_DIR"] = folder
+    return folder
+
+
+def _deepspeed_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def _fix_text(flag: str) -> str:
+    return f"Fix: pass {flag} the path of a DeepSpeed JSON config (seqtune ships {SHIPPED_CONFIGS}) or the JSON itself."
+
+
+def read_deepspeed_config(value, flag: str = "--deepspeed") -> tuple[dict, str]:
+    """(the config, where it came from) of a path, inline JSON or a mapping (a YAML/JSON run config's
+    value); every mistake is a UserError naming the file and the fix."""
+    if isinstance(value, dict):
+        config, where = value, f"{flag} (a mapping)"
+    else:
+        text = str(value).strip()
+        if text.startswith("{"):
+            where = f"{flag} (inline JSON)"
+            try:
+                config = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise UserError(
+                    f"{where} is not valid JSON: {error.msg} at column {error.colno}. {_fix_text(flag)}"
+                ) from None
+        else:
+            path = os.path.abspath(os.path.expanduser(text))
+            where = f"DeepSpeed config {path}"
+            if not os.path.isfile(path):
+                raise UserError(f"{flag} {text}: {path} does not exist. {_fix_text(flag)}")
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    config = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise UserError(
+                    f"{where} is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno}). "
+                    f"Fix: correct the JSON there, or start from one of seqtune's ({SHIPPED_CONFIGS})."
+                ) from None
+            except (OSError, UnicodeDecodeError) as error:
+                raise UserError(f"{where} cannot be read ({error}). {_fix_text(flag)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{where} must be a JSON object ({{...}}), got {type(config).__name__}. {_fix_text(flag)}")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise UserError(f'{where}: "zero_optimization" must be an object such as {{"stage": 2}}.')
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in ZERO_STAGES:
+        raise UserError(
+            f'{where}: unknown ZeRO stage {json.dumps(stage)} in "zero_optimization". '
+            f'Fix: "stage": 2 (optimizer state and gradients sharded) or 3 (the weights too); '
+            f"or start from one of seqtune's ({SHIPPED_CONFIGS})."
+        )
+    return config, where
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def deepspeed_config(value, flag: str = "--deepspeed") -> dict:
+    """The checked config with the ZeRO-3 gotchas handled (see the module's docstring), for transformers or
+    accelerate; also puts DeepSpeed's compiled ops in the venv (`use_venv_extensions_dir`)."""
+    config, where = read_deepspeed_config(value, flag)
+    if not _deepspeed_installed():
+        raise UserError(
+            f"{flag} needs DeepSpeed, which is not installed. Fix: pip install deepspeed==0.19.8 "
+            f"(pinned in seqtune's requirements.txt)."
+        )
+    config = copy.deepcopy(config)
+    if config.get("train_batch_size") == "auto":
+        del config["train_batch_size"]  # DeepSpeed derives it; an early "auto" breaks ZeRO-3's zero.Init
+    if zero_stage(config) == 3:
+        zero = config["zero_optimization"]
+        if "stage3_param_persistence_threshold" not in zero:
+            zero["stage3_param_persistence_threshold"] = "auto"
+            logger.info(
+                "%s: stage3_param_persistence_threshold not set: using auto (10 x the hidden size), so that "
+                "the weights are partitioned (DeepSpeed's default, 100000 elements, keeps a small model whole).",
+                where,
+            )
+        if zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+            logger.info(
+                "%s: stage3_gather_16bit_weights_on_model_save set to true, so that the final model folder "
+                "holds model.safetensors (gathered on rank 0), loadable by from_pretrained.",
+                where,
+            )
+    use_venv_extensions_dir()
+    logger.info("DeepSpeed ZeRO stage %d (%s).", zero_stage(config), where)
+    return config
+
+
+def fill_loop_auto_values(config: dict, *, micro_batch: int, accumulation: int, max_grad_norm: float) -> dict:
+    """The loop's own settings for the "auto" values it knows before the model loads (ZeRO-3's zero.Init
+    reads the config then); accelerate fills the rest (mixed precision, bucket sizes) when it prepares.
+    DeepSpeed clips gradients itself (accelerate's clip_grad_norm_ only reads the norm back), so
+    --max_grad_norm goes into "gradient_clipping" (0: no clipping, as in the loop)."""
+    for key, value in (
+        ("train_micro_batch_size_per_gpu", micro_batch),
+        ("gradient_accumulation_steps", accumulation),
+        ("gradient_clipping", max_grad_norm),
+    ):
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    return config
+
+
+def check_fsdp(requested: bool, accelerator_present: bool, how: str) -> None:
+    """Refuse FSDP where it would silently be plain DDP: without GPUs, transformers and accelerate never
+    enable it (no error, no warning), so every process would hold the whole model."""
+    if requested and not accelerator_present:
+        raise UserError(
+            f"{how} asks for FSDP, but on a machine without GPUs transformers and accelerate would silently "
+            f"train with plain DDP (every process holding the whole model): seqtune does not run FSDP on CPUs. "
+            f"Fix: shard with DeepSpeed ZeRO instead (--deepspeed configs/deepspeed/zero3.json; see the README, "
+            f'"Training models larger than one GPU"), or drop {how}.'
+        )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("true", "1", "yes")
+
+
+def loop_deepspeed_plugin(args, accelerator_present: bool):
+    """The Accelerate recipe's DeepSpeed plugin, or None for plain DDP.
+
+    DeepSpeed comes from the loop's --deepspeed CONFIG or from `accelerate launch --use_deepspeed`
+    (its --deepspeed_config_file, or accelerate's own --zero_stage flags); the config is checked as the
+    Trainer script's is and the loop's batch size, accumulation and --max_grad_norm fill its "auto"
+    values. On a machine without GPUs the processes first join on gloo (accelerate would otherwise
+    drop DeepSpeed for plain DDP on CPUs), and DeepSpeed runs over that group, as with the Trainer.
+    An FSDP request there is refused (`check_fsdp`).
+    """
+    check_fsdp(_env_flag("ACCELERATE_USE_FSDP"), accelerator_present, "accelerate launch --use_fsdp (or its config)")
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    from_launcher = _env_flag("ACCELERATE_USE_DEEPSPEED")
+    if args.deepspeed:
+        value, flag = args.deepspeed, "--deepspeed"
+    elif from_launcher and config_file and config_file.lower() != "none":
+        value, flag = config_file, "--deepspeed_config_file"
+    elif from_launcher:
+        value, flag = None, "accelerate launch --use_deepspeed"
+    else:
+        return None
+    from accelerate import PartialState
+    from accelerate.utils import DeepSpeedPlugin
+
+    settings = {
+        "micro_batch": args.per_device_train_batch_size,
+        "accumulation": args.gradient_accumulation_steps,
+        "max_grad_norm": args.max_grad_norm,
+    }
+    if value is not None:
+        plugin = DeepSpeedPlugin(hf_ds_config=fill_loop_auto_values(deepspeed_config(value, flag), **settings))
+    else:  # accelerate's --zero_stage/--offload_* flags build the config
+        if not _deepspeed_installed():
+            raise UserError(f"{flag} needs DeepSpeed, which is not installed. Fix: pip install deepspeed==0.19.8.")
+        use_venv_extensions_dir()
+        plugin = DeepSpeedPlugin()
+        fill_loop_auto_values(plugin.deepspeed_config, **settings)
+    if not accelerator_present:
+        PartialState(cpu=True)  # the processes join on gloo; DeepSpeed's engine runs over that group
+    return plugin
