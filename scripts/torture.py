@@ -72,8 +72,11 @@ def build_command(
     save_steps: int,
     save_total_limit: int,
     seed: int = 0,
+    processes: int = 1,
+    deepspeed: str | None = None,
 ) -> list[str]:
-    """The one command every attempt runs (same flags each time, as a user would)."""
+    """The one command every attempt runs (same flags each time, as a user would); with `processes` > 1
+    under torchrun (--standalone: a free rendezvous port each attempt), with `deepspeed` a ZeRO config."""
     common = [
         "--model_name_or_path",
         model,
@@ -125,6 +128,11 @@ def build_command(
             "--disable_tqdm",
             "true",
         ]
+    if deepspeed:
+        specific += ["--deepspeed", deepspeed]
+    if processes > 1:  # the kill hits torchrun's whole process group: every rank dies at once
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        return [*launcher, script, *common, *specific]
     return [sys.executable, script, *common, *specific]
 
 
@@ -249,6 +257,28 @@ def _wait(predicate, process, deadline: float, poll: float = 0.002) -> bool:
     return False
 
 
+def kill_all(process) -> None:
+    """SIGKILL the run and every process under it, as a machine that dies would. A process group is not
+    enough: torchrun starts each worker in a session of its own, so killing its group left the workers
+    training on (and writing) after the "kill"."""
+    import psutil
+
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    for worker in workers:
+        try:
+            worker.kill()
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    psutil.wait_procs(workers, timeout=10)
+
+
 def _sleep_alive(seconds: float, process) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end and process.poll() is None:
@@ -312,17 +342,17 @@ def run_attempt(
                 if trigger:
                     _sleep_alive(rng.uniform(0.0, 0.03), process)
             if trigger and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                kill_all(process)
                 attempt.killed = True
             remaining = max(deadline - time.monotonic(), 1.0)
             attempt.returncode = process.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_all(process)
             attempt.returncode = process.wait()
             attempt.notes.append(f"timed out after {timeout:.0f} s")
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                kill_all(process)
                 process.wait()
     attempt.seconds = time.monotonic() - started
     attempt.newest_after = newest_valid(output_dir)
@@ -443,6 +473,8 @@ def torture(
     save_total_limit: int = 2,
     max_steps: int | None = None,
     same_weights: bool | None = None,
+    processes: int = 1,
+    deepspeed: str | None = None,
     attempt_timeout: float = 300.0,
     verbose: bool = True,
 ) -> Report:
@@ -470,7 +502,8 @@ def torture(
     log_dir = os.path.join(workdir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     output_dir = os.path.join(workdir, "run")
-    command = build_command(script, model, files, output_dir, max_steps, save_steps, save_total_limit, seed)
+    launch = {"processes": processes, "deepspeed": deepspeed}
+    command = build_command(script, model, files, output_dir, max_steps, save_steps, save_total_limit, seed, **launch)
     say = print if verbose else (lambda *a, **k: None)
     say("command: " + " ".join(command))
 
@@ -520,7 +553,9 @@ def torture(
     if report.ok and same_weights:
         reference_dir = os.path.join(workdir, "reference")
         shutil.rmtree(reference_dir, ignore_errors=True)
-        reference = build_command(script, model, files, reference_dir, max_steps, save_steps, save_total_limit, seed)
+        reference = build_command(
+            script, model, files, reference_dir, max_steps, save_steps, save_total_limit, seed, **launch
+        )
         result = subprocess.run(
             reference, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=attempt_timeout
         )
@@ -548,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save_steps", type=int, default=2)
     parser.add_argument("--save_total_limit", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=None, help="default: enough for every kill to land")
+    parser.add_argument("--processes", type=int, default=1, help="run under torchrun with this many processes")
+    parser.add_argument("--deepspeed", default=None, help="a DeepSpeed config (e.g. configs/deepspeed/zero2.json)")
     parser.add_argument(
         "--modes", default=None, help=f"comma-separated kill kinds in order, of {MODES + (FINAL_MODE,)}"
     )
@@ -579,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         save_total_limit=args.save_total_limit,
         max_steps=args.max_steps,
         same_weights=args.same_weights,
+        processes=args.processes,
+        deepspeed=os.path.abspath(args.deepspeed) if args.deepspeed else None,
     )
     ok = report.ok and report.kills == kills
     if not ok and report.kills != kills:
