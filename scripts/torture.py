@@ -184,9 +184,10 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
             problems.append(f"{folder}: {name} listed but missing")
         elif os.path.getsize(path) != size:
             problems.append(f"{folder}: {name} has {os.path.getsize(path)} bytes, manifest says {size}")
-    weights = [n for n in manifest.get("files", {}) if n.endswith(".safetensors")]
+    # safetensors weights, or DeepSpeed's per-rank model states (the Accelerate script under DeepSpeed)
+    weights = [n for n in manifest.get("files", {}) if n.endswith((".safetensors", "model_states.pt"))]
     if not weights:
-        problems.append(f"{folder}: no .safetensors weights")
+        problems.append(f"{folder}: no weights (.safetensors or DeepSpeed model states)")
     for name in weights:
         try:
             load_weights(os.path.join(folder, name))
@@ -205,6 +206,10 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
 
 
 def load_weights(path: str) -> dict:
+    if path.endswith(".pt"):  # DeepSpeed's model states: a pickled dict written by torch.save
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=False)
     from safetensors.torch import load_file
 
     return load_file(path)

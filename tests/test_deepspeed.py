@@ -300,7 +300,8 @@ def test_accelerate_loop_zero2_trains_saves_and_resumes(deepspeed_op, t5_model, 
         str(free_port()),
     ]
     base = quick_args(t5_model, corpus_files, out, "--per_device_train_batch_size", "4", "--checkpointing_steps", "2")
-    base += ["--lr_scheduler_type", "constant", "--logging_steps", "1"]
+    # A warm-up ramp over 10 steps, whatever the run's length: a resumed schedule continues it.
+    base += ["--lr_scheduler_type", "constant_with_warmup", "--num_warmup_steps", "10", "--logging_steps", "1"]
     result = run_script(LOOP_SCRIPT, base + ["--max_train_steps", "4"], launcher=launcher)
     assert_ok(result)
     assert "DeepSpeed ZeRO stage 2" in result.stderr
@@ -317,3 +318,8 @@ def test_accelerate_loop_zero2_trains_saves_and_resumes(deepspeed_op, t5_model, 
     assert f"Resuming from {step_4}" in result.stderr and "DeepSpeed ZeRO stage 2" in result.stderr
     assert [os.path.basename(c) for c in list_checkpoints(str(out))][-1] == "step_6"
     AutoModelForSeq2SeqLM.from_pretrained(out)
+    # The learning-rate schedule was in the checkpoint (accelerate leaves it out of DeepSpeed's): 6 steps up.
+    with open(out / "log_history.jsonl", encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle]
+    rates = {e["step"]: e["learning_rate"] for e in events if e.get("event") == "train"}
+    assert rates[6] == pytest.approx(6 * rates[1]) and rates[5] == pytest.approx(5 * rates[1]), rates

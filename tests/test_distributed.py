@@ -24,6 +24,7 @@ from conftest import (
     TRAINER_SCRIPT,
     UNKNOWN_WORD,
     free_port,
+    quick_args,
     run_script,
     synthetic_corpus,
     torchrun,
@@ -278,3 +279,29 @@ def test_loop_torchrun_two_processes_train_like_one(trap_model, world, tmp_path)
     assert_same_losses(double, single)
     # Its eval_loss is rounded to 4 places; its checkpoints are named as the Hugging Face no_trainer script's.
     assert_same_outputs(double, single, eval_loss_tolerance=2e-4, checkpoints=("step_2", "step_4"))
+
+
+def test_trainer_resumed_mid_epoch_on_two_processes_ends_on_the_same_weights(t5_model, corpus_files, tmp_path):
+    """64 examples, 2 processes x 8: 4 steps an epoch; stopped at step 6 (epoch 1, 2 steps in), resumed to 9.
+    The resumed epoch must be read in its own order: accelerate's skip wrapper hid the sampler from set_epoch
+    on several processes, and the rest of epoch 1 came in epoch 0's order."""
+    from safetensors.torch import load_file
+
+    flags = ["--do_train", "--save_steps", "3", "--lr_scheduler_type", "constant", "--logging_steps", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert_ok(
+        run_script(
+            TRAINER_SCRIPT, quick_args(t5_model, corpus_files, straight, *flags, "--max_steps", "9"), torchrun(2)
+        )
+    )
+    assert_ok(
+        run_script(TRAINER_SCRIPT, quick_args(t5_model, corpus_files, resumed, *flags, "--max_steps", "6"), torchrun(2))
+    )
+    result = run_script(
+        TRAINER_SCRIPT, quick_args(t5_model, corpus_files, resumed, *flags, "--max_steps", "9"), torchrun(2)
+    )
+    assert_ok(result)
+    assert f"Resuming from {resumed / 'checkpoint-6'}" in result.stderr
+    assert logged_losses(resumed) == logged_losses(straight)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(a[name].equal(b[name]) for name in a)

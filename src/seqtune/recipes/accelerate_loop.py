@@ -280,6 +280,10 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     )
     state = LoopState()
     accelerator.register_for_checkpointing(state)
+    if accelerator.state.deepspeed_plugin is not None:
+        # Prepared apart from the model, the schedule is in neither DeepSpeed's checkpoint nor accelerate's
+        # (it skips DeepSpeed's scheduler wrapper): a resumed run restarted its learning-rate schedule.
+        accelerator.register_for_checkpointing(lr_scheduler)
     adapters.register_checkpoint_hooks(accelerator)  # a LoRA model's checkpoints hold its adapter only
     return LoopRun(
         task=task_of(data_args),

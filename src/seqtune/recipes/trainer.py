@@ -189,7 +189,18 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         group = global_batch_size(
             self.args.per_device_train_batch_size, self.args.world_size, self.args.gradient_accumulation_steps
         )
-        return LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
+        self.length_sampler = LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
+        return self.length_sampler
+
+    length_sampler: LengthGroupedSampler | None = None
+
+    def _run_epoch(self, *args, **kwargs):
+        # On several processes, a mid-epoch resume wraps the sharded batch sampler in accelerate's
+        # SkipBatchSampler, one level deeper than set_epoch reaches: the resumed epoch was read in
+        # epoch 0's order (2-process kill torture). The sampler learns its epoch here, before each epoch.
+        if self.length_sampler is not None and "epoch" in kwargs:
+            self.length_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     def get_train_dataloader(self):
         if self.stream is None:
