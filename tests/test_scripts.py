@@ -50,3 +50,12 @@ def test_more_than_one_workdir_is_refused(tmp_path):
     assert result.returncode == 2
     assert "one WORKDIR at most, got 2: one two" in result.stderr
     assert nothing_made(tmp_path)
+
+
+def test_slurm_script_without_a_command_says_how_to_use_it(tmp_path):
+    """scripts/slurm/seqtune.sbatch run with no training script: the usage line, exit 2, before any srun."""
+    sbatch = os.path.join(REPO, "scripts", "slurm", "seqtune.sbatch")
+    result = subprocess.run(["bash", sbatch], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: sbatch [--nodes N] scripts/slurm/seqtune.sbatch TRAINING_SCRIPT")
+    assert result.stdout == "" and not os.listdir(tmp_path)
