@@ -209,6 +209,13 @@ def test_train_files_are_checked_before_anything_is_read(tmp_path):
     listed.write_text('[{"document": "a", "summary": "b"}]', encoding="utf-8")
     with pytest.raises(UserError, match="--streaming reads JSON Lines"):
         expand_train_files(str(listed))
+    (tmp_path / "train.txt").write_text("a text\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train\.txt: unsupported file type '\.txt'\. Fix: use one of \.jsonl"):
+        expand_train_files(str(tmp_path / "train.txt"))
+    (tmp_path / "train-9.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train-9\.jsonl is empty\. Fix: add examples to it, or leave it out"):
+        expand_train_files(str(tmp_path / "train-*.jsonl"))
+    (tmp_path / "train-9.jsonl").unlink()
     for n in (2, 0, 1):
         write_jsonl(str(tmp_path / f"train-{n}.jsonl"), numbered_rows(2))
     assert [os.path.basename(p) for p in expand_train_files(str(tmp_path / "train-*.jsonl"))] == [

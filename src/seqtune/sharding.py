@@ -54,10 +54,14 @@ def use_venv_extensions_dir() -> str | None:
     return folder
 
 
-def _deepspeed_installed() -> bool:
+def require_deepspeed(flag: str) -> None:
     import importlib.util
 
-    return importlib.util.find_spec("deepspeed") is not None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError(
+            f"{flag} needs DeepSpeed, which is not installed. Fix: pip install deepspeed==0.19.8 "
+            f"(pinned in seqtune's requirements.txt)."
+        )
 
 
 def _fix_text(flag: str) -> str:
@@ -117,11 +121,7 @@ def deepspeed_config(value, flag: str = "--deepspeed") -> dict:
     """The checked config with the ZeRO-3 gotchas handled (see the module's docstring), for transformers or
     accelerate; also puts DeepSpeed's compiled ops in the venv (`use_venv_extensions_dir`)."""
     config, where = read_deepspeed_config(value, flag)
-    if not _deepspeed_installed():
-        raise UserError(
-            f"{flag} needs DeepSpeed, which is not installed. Fix: pip install deepspeed==0.19.8 "
-            f"(pinned in seqtune's requirements.txt)."
-        )
+    require_deepspeed(flag)
     config = copy.deepcopy(config)
     if config.get("train_batch_size") == "auto":
         del config["train_batch_size"]  # DeepSpeed derives it; an early "auto" breaks ZeRO-3's zero.Init
@@ -209,8 +209,7 @@ def loop_deepspeed_plugin(args, accelerator_present: bool):
     if value is not None:
         plugin = DeepSpeedPlugin(hf_ds_config=fill_loop_auto_values(deepspeed_config(value, flag), **settings))
     else:  # accelerate's --zero_stage/--offload_* flags build the config
-        if not _deepspeed_installed():
-            raise UserError(f"{flag} needs DeepSpeed, which is not installed. Fix: pip install deepspeed==0.19.8.")
+        require_deepspeed(flag)
         use_venv_extensions_dir()
         plugin = DeepSpeedPlugin()
         fill_loop_auto_values(plugin.deepspeed_config, **settings)

@@ -312,7 +312,7 @@ def expand_train_files(pattern: str) -> list[str]:
                 f"Fix: use one of {', '.join(STREAMABLE_EXTENSIONS)}."
             )
         if os.path.getsize(path) == 0:
-            raise UserError(f"{path} is empty: add at least one example.")
+            raise UserError(f"--train_file {path} is empty. Fix: add examples to it, or leave it out of the pattern.")
         if extension == ".json":
             with open(path, "rb") as handle:
                 head = handle.read(64).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()

@@ -57,6 +57,8 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     progress_callback: progress.TrainerProgressCallback | None = None  # names the next evaluation loop
     scorer: type[Scorer] = SummaryScorer  # the task's metric
     stream: TrainingStream | None = None  # --streaming: the training examples; its position goes in each checkpoint
+    length_sampler: LengthGroupedSampler | None = None  # the training order, told its epoch in _run_epoch
+    global_batch: int = 1  # examples per optimizer step, all processes and accumulation (set by build_trainer)
 
     # --- distributed evaluation: no padded duplicates --------------------------------------
     # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
@@ -186,13 +188,9 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "with_format"):
             return super()._get_train_sampler(train_dataset)
-        group = global_batch_size(
-            self.args.per_device_train_batch_size, self.args.world_size, self.args.gradient_accumulation_steps
-        )
-        self.length_sampler = LengthGroupedSampler(token_lengths(dataset), group, self.args.data_seed or self.args.seed)
+        seed = self.args.data_seed or self.args.seed
+        self.length_sampler = LengthGroupedSampler(token_lengths(dataset), self.global_batch, seed)
         return self.length_sampler
-
-    length_sampler: LengthGroupedSampler | None = None
 
     def _run_epoch(self, *args, **kwargs):
         # On several processes, a mid-epoch resume wraps the sharded batch sampler in accelerate's
@@ -241,29 +239,13 @@ class SeqtuneTrainer(Seq2SeqTrainer):
             staged = checkpoints.staging_path(self.args.output_dir, self.state.global_step)
             adapters.complete_adapter_folder(self.model, staged)  # a LoRA run: the task settings beside the adapter
             if self.stream is not None and self.is_world_process_zero():
-                consumed = self.state.global_step * self.global_batch_size()
-                atomic_write_text(
-                    os.path.join(staged, STREAM_POSITION_FILE), json.dumps(self.stream.position_at(consumed))
-                )
+                position = self.stream.position_at(self.examples_trained())
+                atomic_write_text(os.path.join(staged, STREAM_POSITION_FILE), json.dumps(position))
 
         checkpoints.save_trainer_checkpoint(self, write_checkpoint)
 
     def examples_trained(self) -> int:
-        return self.state.global_step * self.global_batch_size()
-
-    def global_batch_size(self) -> int:
-        return global_batch_size(
-            self.args.per_device_train_batch_size, self.args.world_size, self.args.gradient_accumulation_steps
-        )
-
-    def resume_stream(self, checkpoint: str) -> None:
-        """--streaming: continue the stream where `checkpoint` left it (the Trainer skips no batches)."""
-        path = os.path.join(checkpoint, STREAM_POSITION_FILE)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                self.stream.resume(json.load(handle))
-        else:
-            logger.warning("%s was not written by a --streaming run: the stream starts at its beginning.", checkpoint)
+        return self.state.global_step * self.global_batch
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # Tied weights (T5's and BART's shared embeddings and output layer) are saved once and the
@@ -316,7 +298,7 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     model_files = None
     if training_args.do_train:
         if trainer.stream is not None and setup.resume_from:
-            trainer.resume_stream(setup.resume_from)
+            resume_stream(trainer.stream, setup.resume_from)
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
         # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
         model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
@@ -363,6 +345,16 @@ def _mp_fn(index: int) -> None:
     main()
 
 
+def resume_stream(stream: TrainingStream, checkpoint: str) -> None:
+    """--streaming: continue the stream where `checkpoint` left it (the Trainer skips no batches)."""
+    path = os.path.join(checkpoint, STREAM_POSITION_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            stream.resume(json.load(handle))
+    else:
+        logger.warning("%s was not written by a --streaming run: the stream starts at its beginning.", checkpoint)
+
+
 def build_trainer(
     training_args: TrainerArguments, data_args: DataArguments, setup: RunSetup, hub: HubPusher | None
 ) -> SeqtuneTrainer:
@@ -399,6 +391,7 @@ def build_trainer(
     )
     trainer.scorer = scorer
     trainer.stream = stream
+    trainer.global_batch = group
     trainer.hub_pusher = hub
     trainer.add_callback(RunLogCallback(training_args.output_dir))  # log_history.jsonl, for the report
     trainer.progress_callback = progress.install(trainer)  # bars on a terminal, log lines elsewhere
