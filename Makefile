@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint format test-xla bench bench-streaming bench-sharding torture clean
+.PHONY: install demo test lint format test-xla test-tf bench bench-tf bench-streaming bench-sharding torture clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,9 +54,32 @@ $(XLA_STAMP): $(XLA_PY) requirements-xla.txt pyproject.toml
 test-xla: $(XLA_STAMP)
 	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -p no:cacheprovider --timeout 900 tests/xla
 
+# The TensorFlow script lives in its own venv too: transformers 5 has no TensorFlow models, so .venv-tf holds
+# TF 2.21 + tf-keras + transformers 4.57 (requirements-tf.txt). Its tests also use .venv (the PyTorch side of
+# the model round trip, and the tiny models), hence the main install first.
+TF_VENV  := .venv-tf
+TF_PY    := $(TF_VENV)/bin/python
+TF_STAMP := $(TF_VENV)/.installed
+
+$(TF_PY):
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_PY) -m pip install --quiet --upgrade pip
+
+$(TF_STAMP): $(TF_PY) requirements-tf.txt pyproject.toml
+	$(TF_PY) -m pip install --quiet -r requirements-tf.txt
+	$(TF_PY) -m pip install --quiet --no-deps -e .
+	touch $(TF_STAMP)
+
+test-tf: $(STAMP) $(TF_STAMP)
+	SEQTUNE_TORCH_PYTHON=$(abspath $(PY)) $(TF_PY) -m pytest -p no:cacheprovider --timeout 900 tests/tf
+
 # Speed and memory against the plain Seq2SeqTrainer pipeline (prints figures and ratios; minutes).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_summarization.py $(BENCH_ARGS)
+
+# The TensorFlow script beside the PyTorch scripts: training and evaluation samples/s on the same model and data.
+bench-tf: $(STAMP) $(TF_STAMP)
+	$(PY) benchmarks/bench_tensorflow.py --tf_python $(abspath $(TF_PY)) $(BENCH_ARGS)
 
 bench-streaming: $(STAMP)
 	$(PY) benchmarks/bench_streaming.py $(BENCH_ARGS)

@@ -693,6 +693,95 @@ class LoopArguments(OutputArguments):
         return int(self.checkpointing_steps) if self.checkpointing_steps not in (None, "epoch") else None
 
 
+@dataclass
+class KerasArguments(OutputArguments):
+    """The TensorFlow script's flags: those of the Hugging Face TF example (TFTrainingArguments) it is run with."""
+
+    do_train: bool = field(default=False, metadata={"help": "Fine-tune on the training split."})
+    do_eval: bool = field(default=False, metadata={"help": "Evaluate (generation + ROUGE) on the validation split."})
+    do_predict: bool = field(
+        default=False, metadata={"help": "Generate summaries for the test split into generated_predictions.txt."}
+    )
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size per device."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (after warm-up)."})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay (not applied to biases and normalisation weights)."}
+    )
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training data."})
+    max_steps: int = field(
+        default=-1, metadata={"help": "Total optimizer steps; when positive, overrides --num_train_epochs."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up from 0."})
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "Warm-up as a fraction of all steps (when --warmup_steps is 0)."}
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation and the order of the training data."})
+    save_steps: int = field(
+        default=0,
+        metadata={"help": "Save a resumable checkpoint every N optimizer steps (0, the default: after every epoch)."},
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints (the oldest are deleted)."}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimizer steps."})
+    predict_with_generate: bool = field(
+        default=True,
+        metadata={"help": "Accepted as the PyTorch scripts have it: this script always evaluates by generating."},
+    )
+    xla: bool = field(
+        default=False,
+        metadata={"help": "Compile the training step with XLA (jit_compile; always on with --tpu)."},
+    )
+    fp16: bool = field(default=False, metadata={"help": "Mixed precision with float16 (GPUs)."})
+    bf16: bool = field(default=False, metadata={"help": "Mixed precision with bfloat16 (TPUs, recent GPUs, CPUs)."})
+    tpu: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on this Cloud TPU (its name or grpc:// address; 'local' on a TPU VM) with TPUStrategy.",
+            "aliases": ["--tpu_name"],
+        },
+    )
+    tpu_zone: str | None = field(default=None, metadata={"help": "The TPU's zone (when --tpu is a name)."})
+    gcp_project: str | None = field(default=None, metadata={"help": "The TPU's Google Cloud project."})
+    report_to: str = field(default="none", metadata={"help": 'Accepted for compatibility; only "none" is used.'})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Upload to the Hugging Face hub: each checkpoint and the final model with its card. The hub "
+            "and the token are checked before training."
+        },
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repository for --push_to_hub (default: named after --output_dir)."}
+    )
+    push_to_hub_model_id: str | None = field(
+        default=None, metadata={"help": f"Same as --hub_model_id {LEGACY_FLAG_HELP}."}
+    )
+    hub_token: str | None = field(
+        default=None,
+        metadata={"help": "Token for --push_to_hub (default: HF_TOKEN, then the stored login). Never written."},
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "With --push_to_hub: a private repository."})
+
+    def __post_init__(self):
+        self.check_output_dir()
+        self.check_numbers_are_finite()
+        if self.fp16 and self.bf16:
+            raise UserError("--fp16 and --bf16 were both given. Fix: pass one of them.")
+        self.check_at_least_one("per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps")
+        self.check_not_negative(
+            "learning_rate", "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm", "save_steps"
+        )
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise UserError("--num_train_epochs must be positive (or pass --max_steps N).")
+        if self.save_total_limit is not None:
+            self.check_at_least_one("save_total_limit")
+        if self.push_to_hub_model_id and not self.hub_model_id:
+            self.hub_model_id = self.push_to_hub_model_id
+
+
 def _plain(value):
     """A setting as a person would compare it: enums by value; unset, empty and "none" alike."""
     value = getattr(value, "value", value)

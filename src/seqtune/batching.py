@@ -4,8 +4,10 @@ from __future__ import annotations
 
 
 def torch_sampler_base():
-    from torch.utils.data import Sampler
-
+    try:
+        from torch.utils.data import Sampler
+    except ModuleNotFoundError:  # the TensorFlow recipe's stack (.venv-tf) has no torch and never samples
+        return object
     return Sampler
 
 

@@ -488,7 +488,7 @@ def _file_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as handle:  # the header only: no tensor is read
+        with safe_open(path, framework="numpy") as handle:  # the header only: no tensor is read
             return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
     import torch
 
@@ -548,23 +548,25 @@ def _shape_text(shape) -> str:
     return "[" + ", ".join(str(size) for size in shape) + "]"
 
 
-def check_same_model(checkpoint: str, model, model_name: str | None = None) -> None:
+def check_same_model(checkpoint: str, model, model_name: str | None = None, shapes: dict | None = None) -> None:
     """Refuse to resume from a checkpoint of another model than `model` (a T5 run's output dir reused
     with a BART model, say): the resume would end in a size-mismatch traceback, or train a half-loaded model.
 
     Compares the names and shapes of the checkpoint's saved weights (read from the file headers)
     with the model's; weights tied to a saved one, and those the model never saves, may be absent.
+    `shapes`: the model's {PyTorch weight name: shape} where it is no PyTorch model (the TensorFlow recipe).
     """
     found = checkpoint_weight_shapes(checkpoint)
     if found is None:
         return
     _, saved = found
     there = {_plain_name(name): shape for name, shape in saved.items()}
-    state = model.state_dict(keep_vars=True)
+    state = model.state_dict(keep_vars=True) if shapes is None else {}
     here = {
         _plain_name(name): tuple(getattr(tensor, "ds_shape", tensor.shape))  # DeepSpeed ZeRO-3: the full shape
         for name, tensor in state.items()
     }
+    here.update(shapes or {})
     difference = None
     for name in sorted(there):
         if name in here and 0 not in there[name] and 0 not in here[name] and there[name] != here[name]:
@@ -574,7 +576,7 @@ def check_same_model(checkpoint: str, model, model_name: str | None = None) -> N
         absent = sorted(name for name in there if name not in here)
         if absent:
             difference = (absent[0], _shape_text(there[absent[0]]), "absent")
-    if difference is None:
+    if difference is None and shapes is None:
         ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_save", None) or [])]
         not_saved = [name for name in state if _plain_name(name) not in there]
         not_saved = [

@@ -11,14 +11,12 @@ and `seqtune summarize`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-import torch
-
-from .losses import example_loss_sums, mean_token_loss
 from .metrics import Scorer
 from .outputs import PREDICTIONS_FILE, write_predictions
 
@@ -56,12 +54,28 @@ def return_large_buffers_to_os() -> bool:
         return False
 
 
-@torch.no_grad()
+def _no_grad(function: Callable) -> Callable:
+    """torch.no_grad, with torch imported at the call: the TensorFlow recipe uses this module's
+    ordering and totals in an environment without torch."""
+
+    @functools.wraps(function)
+    def without_gradients(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return without_gradients
+
+
+@_no_grad
 def generate_with_loss(model, batch: dict, generation: dict, with_loss: bool = True):
     """Generated ids and, when the batch has labels, per-example (summed loss, tokens) rows.
 
     `model` is the unwrapped model (it must have `get_encoder` and `generate`).
     """
+    from .losses import example_loss_sums
+
     attention_mask = batch.get("attention_mask")
     encoder_outputs = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=attention_mask, return_dict=True)
     sums = None
@@ -146,7 +160,7 @@ class GenerationTotals:
 
     def metrics(self, prefix: str) -> dict:
         metrics = self.scorer.result()
-        metrics["loss"] = round(mean_token_loss(self.losses), 4)
+        metrics["loss"] = round(self.mean_loss(), 4)
         runtime = time.time() - self.started
         count = self.scorer.count
         metrics.update(
@@ -156,3 +170,14 @@ class GenerationTotals:
             samples=count,
         )
         return {f"{prefix}_{key}": value for key, value in metrics.items()}
+
+    def mean_loss(self) -> float:
+        """The loss over every target token of `losses` (rows of per-example summed loss and token count)."""
+        if self.losses and not hasattr(self.losses[0], "cpu"):  # numpy rows (the TensorFlow recipe)
+            import numpy as np
+
+            totals = np.concatenate([np.asarray(rows, dtype=np.float64) for rows in self.losses]).sum(axis=0)
+            return float(totals[0] / max(totals[1], 1.0))
+        from .losses import mean_token_loss
+
+        return mean_token_loss(self.losses)

@@ -88,12 +88,45 @@ def load_tokenizer(name: str, model_args: ModelArguments):
             **_hub_options(model_args),
         )
     except (OSError, ValueError) as error:
+        if "TokenizersBackend" in str(error):  # a transformers 5 folder read by transformers 4 (the TF recipe)
+            return _tokenizer_from_files(name, model_args)
         raise _explain_load_error("tokenizer", name, error) from None
 
 
-def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments):
-    """Load (tokenizer, model) and apply the checks of the Hugging Face summarization script."""
-    tokenizer, model = load_seq2seq(model_args)
+# The special tokens a tokenizer_config.json names (transformers 5 writes them as plain strings).
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _tokenizer_from_files(name: str, model_args: ModelArguments):
+    """A fast tokenizer from tokenizer.json and the special tokens of tokenizer_config.json: how transformers 4
+    reads a tokenizer saved by transformers 5 (whose class, TokenizersBackend, it does not know)."""
+    import json
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import cached_file
+
+    options = {key: value for key, value in _hub_options(model_args).items() if key != "trust_remote_code"}
+    try:
+        with open(cached_file(name, "tokenizer_config.json", **options), encoding="utf-8") as handle:
+            settings = json.load(handle)
+        tokenizer_file = cached_file(name, "tokenizer.json", **options)
+    except (OSError, ValueError) as error:
+        raise _explain_load_error("tokenizer", name, error) from None
+    specials = {key: settings[key] for key in SPECIAL_TOKEN_KEYS if isinstance(settings.get(key), str)}
+    extra = settings.get("extra_special_tokens") or settings.get("additional_special_tokens")
+    if isinstance(extra, list) and extra:
+        specials["additional_special_tokens"] = extra
+    return PreTrainedTokenizerFast(
+        tokenizer_file=tokenizer_file, model_max_length=settings.get("model_max_length", int(1e30)), **specials
+    )
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, data_args: DataArguments, create_model=None):
+    """Load (tokenizer, model) and apply the checks of the Hugging Face summarization script.
+
+    `create_model(model_args, config, label, tokenizer)`: how the model is made (default: the PyTorch one;
+    the TensorFlow recipe passes its own, seqtune.tf_modeling.create_tf_model)."""
+    tokenizer, model = load_seq2seq(model_args, create_model)
     name = model_args.model_name_or_path or model_args.config_name or model_args.model_type
     check_position_embeddings(model, model_args, data_args)
     apply_language_settings(tokenizer, model, data_args)
@@ -272,7 +305,20 @@ def _load_or_create_model(model_args: ModelArguments, config, label: str):
     return model
 
 
-def load_seq2seq(model_args: ModelArguments):
+def _create_torch_model(model_args: ModelArguments, config, label: str, tokenizer):
+    """The PyTorch model, with room in its embeddings for every token of the tokenizer."""
+    model = _load_or_create_model(model_args, config, label)
+    # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
+    # Under DeepSpeed ZeRO-3 the weight is an empty placeholder (its real shape is ds_shape): reading its
+    # shape would "grow" a 32,128-row embedding to the tokenizer's 225 rows, silently retraining it.
+    weight = model.get_input_embeddings().weight
+    embedding_size = getattr(weight, "ds_shape", weight.shape)[0]
+    if len(tokenizer) > embedding_size:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def load_seq2seq(model_args: ModelArguments, create_model=None):
     """Load (tokenizer, model) of an encoder-decoder model from a hub name or a folder.
 
     Without --model_name_or_path, --config_name (or --model_type) gives the config of a new model
@@ -305,16 +351,7 @@ def load_seq2seq(model_args: ModelArguments):
     tokenizer = load_tokenizer(model_args.tokenizer_name or name, model_args)
     if not name:
         _match_special_tokens(config, tokenizer, replace=not config_name)
-    model = _load_or_create_model(model_args, config, label)
-
-    # A tokenizer with more tokens than the model's embeddings (added tokens) needs room.
-    # Under DeepSpeed ZeRO-3 the weight is an empty placeholder (its real shape is ds_shape): reading its
-    # shape would "grow" a 32,128-row embedding to the tokenizer's 225 rows, silently retraining it.
-    weight = model.get_input_embeddings().weight
-    embedding_size = getattr(weight, "ds_shape", weight.shape)[0]
-    if len(tokenizer) > embedding_size:
-        model.resize_token_embeddings(len(tokenizer))
-
+    model = (create_model or _create_torch_model)(model_args, config, label, tokenizer)
     if not hasattr(tokenizer, "src_lang"):  # multilingual (mBART): the target language may start it, see below
         check_decoder_start(model, label)
     return tokenizer, model

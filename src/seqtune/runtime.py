@@ -53,11 +53,19 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
+def _process_group():
+    """torch.distributed when a process group is up; None otherwise (and in the TensorFlow recipe: no torch)."""
+    try:
+        import torch.distributed as dist
+    except ModuleNotFoundError:
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = _process_group()
+    if dist is not None:
         dist.barrier()
 
 
@@ -68,9 +76,8 @@ def close_process_group() -> None:
     order, and a rank can abort with "terminate called without an active exception"
     after all its work is done, turning a finished torchrun job into a failed one.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = _process_group()
+    if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -420,8 +420,10 @@ class Corpus:
 
 
 def torch_iterable_base():
-    from torch.utils.data import IterableDataset
-
+    try:
+        from torch.utils.data import IterableDataset
+    except ModuleNotFoundError:  # the TensorFlow recipe's stack (.venv-tf) has no torch and never streams
+        return object
     return IterableDataset
 
 

@@ -63,6 +63,8 @@ def set_up_run(
     command: list[str],  # the script and its arguments, for the run record and the report
     main_process_first=contextlib.nullcontext,
     hub=None,  # a seqtune.hub.HubPusher with --push_to_hub: checked before anything else
+    create_model=None,  # how the model is made (default PyTorch's; the TensorFlow recipe passes its own)
+    check_checkpoint=check_same_model,  # refuses a checkpoint of another model
 ) -> RunSetup:
     """Output dir (resume, refuse or start afresh), seed, validated data, model, run marker, tokens.
 
@@ -81,10 +83,10 @@ def set_up_run(
     with phase("Loading the data"):
         wanted = wanted_splits(run_args.do_train, run_args.do_eval, run_args.do_predict)
         raw = load_raw_data(data_args, model_args, wanted, needs=split_needs(run_args))
-    tokenizer, model = load_model_and_tokenizer(model_args, data_args)
+    tokenizer, model = load_model_and_tokenizer(model_args, data_args, create_model)
     model = apply_lora(model, model_args)  # --use_peft / --lora_r: LoRA adapters (PEFT) are what trains
     if resume_from:  # a checkpoint of another model (or adapter): refused before anything is written
-        check_same_model(resume_from, model, model_args.model_name_or_path)
+        check_checkpoint(resume_from, model, model_args.model_name_or_path)
     remember_task_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
     mark_run_started(output_dir, command, [model_args, data_args, run_args])  # secrets redacted
