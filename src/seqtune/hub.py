@@ -114,7 +114,9 @@ def _first_line(error) -> str:
 def _require_online() -> None:
     from huggingface_hub import constants
 
-    if constants.is_offline_mode():
+    # huggingface_hub 1.x asks is_offline_mode(); 0.x (the TensorFlow environment's) has the constant only.
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    if offline:
         raise UserError(
             "--push_to_hub needs the network, but offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE). "
             "Fix: unset HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE, or drop --push_to_hub."
@@ -129,13 +131,24 @@ def _require_token(token: str | None) -> None:
         )
 
 
+def _http_errors() -> tuple[type[BaseException], ...]:
+    """What the installed huggingface_hub raises for hub answers and network failures: httpx2's errors
+    (1.x and later) or requests' (0.x, the TensorFlow environment's)."""
+    try:
+        import httpx2
+
+        return (httpx2.HTTPError,)
+    except ModuleNotFoundError:
+        import requests
+
+        return (requests.RequestException,)
+
+
 def _whoami(api, endpoint: str, token_source: str | None) -> dict:
     """The token owner's account, as the hub describes it; UserError when the hub cannot say."""
-    import httpx2
-
     try:
         return api.whoami()
-    except httpx2.HTTPError as error:  # hub errors (HfHubHTTPError) and network errors alike
+    except _http_errors() as error:  # hub errors (HfHubHTTPError) and network errors alike
         raise _whoami_failure(error, endpoint, token_source) from None
 
 
@@ -184,11 +197,9 @@ def _require_valid_repo_id(repo_id: str, origin: str) -> None:
 
 def _create_repo(api, repo_id: str, private: bool | None, user: str | None) -> None:
     """Create the repository, or make sure an existing one is ours to use."""
-    import httpx2
-
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-    except httpx2.HTTPError as error:
+    except _http_errors() as error:
         status = _status(error)
         raise UserError(
             f"cannot create or use the Hub repository {repo_id} as user {user} "
@@ -374,12 +385,10 @@ class HubPusher:
         """Push a published checkpoint per --hub_strategy. Never raises for upload problems."""
         if not is_main_process() or self.strategy == "end" or self.repo_id is None:
             return False
-        import httpx2
-
         place = _checkpoint_place(folder, self.strategy)
         try:
             self._commit(_checkpoint_operations(folder, place), f"Training in progress, step {step}")
-        except (httpx2.HTTPError, OSError) as error:  # network, hub answers, files gone: training goes on
+        except (*_http_errors(), OSError) as error:  # network, hub answers, files gone: training goes on
             self.failed_checkpoints.append((folder, place))
             logger.warning(
                 "Push of step %d to %s failed (%s: %s). Training goes on; the final push will upload what is missing.",
@@ -397,8 +406,6 @@ class HubPusher:
         """Push the finished output dir (model, card, results, plots), retrying; UserError if it never lands."""
         if not is_main_process() or self.repo_id is None:
             return
-        import httpx2
-
         output_dir = os.path.abspath(output_dir or self.output_dir)
         wait = FINAL_PUSH_WAIT_S
         error = None
@@ -407,7 +414,7 @@ class HubPusher:
                 self._commit(_final_operations(output_dir, self.failed_checkpoints), commit_message)
                 self.failed_checkpoints.clear()
                 return
-            except (httpx2.HTTPError, OSError) as caught:
+            except (*_http_errors(), OSError) as caught:
                 error = caught
                 logger.warning(
                     "Final push to %s failed (attempt %d of %d: %s: %s).",

@@ -360,3 +360,25 @@ def test_help_lists_the_flags():
     assert_ok(result)
     for flag in ("--tpu", "--dataset_config_name", "--summary_column", "--max_predict_samples", "--push_to_hub"):
         assert flag in result.stdout
+
+
+def test_push_to_hub_sends_checkpoints_and_the_final_model(tiny_t5, files, tmp_path):
+    """--push_to_hub with --push_to_hub_model_id against the local fake hub (tests/fake_hub.py; loopback only)."""
+    from fake_hub import FakeHub, User
+
+    token = "hf_seqtuneTensorFlowToken4Xy"
+    hub = FakeHub({token: User("alice")}).start()
+    try:
+        home = tmp_path / "hf-home"
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_TOKEN": token}
+        out = tmp_path / "out"
+        extra = ("--do_train", "--max_steps", "4", "--save_steps", "2", "--push_to_hub")
+        result = run_tf(flags(tiny_t5, files, out, *extra, "--push_to_hub_model_id", "tf-summarizer"), env=env)
+        assert_ok(result)
+        repo = hub.repos["alice/tf-summarizer"]
+        assert repo.files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+        assert "Keras fit (TensorFlow)" in repo.files["README.md"].decode()
+        assert hub.commit_messages("alice/tf-summarizer")[-1] == "End of training"
+        assert token not in result.stderr + result.stdout
+    finally:
+        hub.stop()
