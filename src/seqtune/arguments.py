@@ -637,6 +637,14 @@ class LoopArguments(OutputArguments):
             "--use_deepspeed --deepspeed_config_file CONFIG."
         },
     )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "Shard the model with FSDP (PyTorch's FSDP2: each T5/BART block, then the rest), on GPUs and "
+            "CPUs alike; checkpoints are torch.distributed.checkpoint shards, the final model one ordinary "
+            "folder. The same as accelerate launch --use_fsdp."
+        },
+    )
 
     def __post_init__(self):
         self.check_output_dir()
