@@ -57,16 +57,23 @@ def fsdp_six_steps(t5_model, corpus_files, tmp_path_factory):
     return out, result.stderr
 
 
+@pytest.fixture(scope="module")
+def ddp_six_steps(t5_model, corpus_files, tmp_path_factory):
+    """The same run with DDP (no --fsdp)."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    assert_ok(run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 6), launcher=torchrun(2)))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_fsdp_shards_the_weights_and_trains_as_ddp(fsdp_six_steps, t5_model, corpus_files, tmp_path):
+def test_fsdp_shards_the_weights_and_trains_as_ddp(fsdp_six_steps, ddp_six_steps):
     out, stderr = fsdp_six_steps
     found = re.search(r"holding ([\d,]+) \+ ([\d,]+) of its ([\d,]+) weights", stderr)
     assert found, stderr[-3000:]
     first, second, total = (int(number.replace(",", "")) for number in found.groups())
     assert max(first, second) < 0.55 * total and first + second >= total  # about half of every weight each
-    ddp = tmp_path / "ddp"
-    assert_ok(run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, ddp, 6), launcher=torchrun(2)))
+    ddp = ddp_six_steps
     assert largest_difference(weights(ddp), weights(out)) <= DDP_TOLERANCE  # same names: tied weights once
     assert logged_losses(out) == pytest.approx(logged_losses(ddp), abs=1e-5)
     # DCP's shards are published as every checkpoint is: both processes' files in the manifest.
@@ -135,6 +142,54 @@ def test_fsdp_resumes_exactly_from_its_sharded_checkpoint(fsdp_six_steps, t5_mod
     assert "holding" in result.stderr  # sharded, not DDP
     assert largest_difference(weights(out), weights(straight)) == 0.0
     assert logged_losses(out) == logged_losses(straight)
+    # Once more: it resumes at its last step and only evaluates (the first forward is evaluation's).
+    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 6, "--fsdp"), torchrun(2))
+    assert_ok(result)
+    assert f"Resuming from {out / 'step_6'}" in result.stderr
+    assert largest_difference(weights(out), weights(straight)) == 0.0
+
+
+ELASTIC_TOLERANCE = 1e-5  # resumed on another number of processes vs uninterrupted (measured: 2.4e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+def test_resumed_on_another_number_of_processes_continues_the_run(
+    sharding, fsdp_six_steps, ddp_six_steps, t5_model, corpus_files, tmp_path
+):
+    """Elastic resume with --global_batch_size 8 (4 per process): FSDP checkpointed on 2 processes resumes on
+    1 (plain python: accumulation 2, DCP resharded), DDP checkpointed on 1 resumes on 2; both continue the
+    uninterrupted 2-process run's loss curve and end on its weights within floating-point tolerance."""
+    straight = fsdp_six_steps[0] if sharding == "fsdp" else ddp_six_steps
+    first, then = (torchrun(2), None) if sharding == "fsdp" else (None, torchrun(2))
+    out = tmp_path / "run"
+    flags = ["--global_batch_size", "8", "--checkpointing_steps", "2"] + (["--fsdp"] if sharding == "fsdp" else [])
+    assert_ok(run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 3, *flags), launcher=first))
+    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 6, *flags), launcher=then)
+    assert_ok(result)
+    before, after = (2, 1) if sharding == "fsdp" else (1, 2)
+    if after == 1:  # accumulation 1 (the default) on 2 processes: nothing to say
+        assert "--global_batch_size 8 on 1 process(es) of 4 examples: gradient accumulation set to 2" in result.stderr
+    assert (
+        f"written on {before} process(es) with {3 - before} accumulation step(s); this run has {after} and "
+        f"{3 - after}: resuming 2 steps into epoch 0" in result.stderr
+    ), result.stderr[-3000:]
+    assert largest_difference(weights(out), weights(straight)) <= ELASTIC_TOLERANCE
+    assert logged_losses(out) == pytest.approx(logged_losses(straight), abs=ELASTIC_TOLERANCE)
+
+
+def test_global_batch_size_must_divide_evenly(tmp_path):
+    from seqtune.recipes.accelerate_loop import apply_global_batch_size
+
+    argv = ["--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--global_batch_size", "8"]
+    args = parse_arguments((ModelArguments, DataArguments, LoopArguments), argv)[2]
+    apply_global_batch_size(args, 2)
+    assert args.gradient_accumulation_steps == 1
+    apply_global_batch_size(args, 1)
+    assert args.gradient_accumulation_steps == 2
+    with pytest.raises(UserError, match=r"--global_batch_size 8 is not a multiple of .* 4 x 3 process\(es\) = 12"):
+        apply_global_batch_size(args, 3)
 
 
 def test_fsdp_checkpoint_is_not_resumed_without_fsdp(fsdp_six_steps, t5_model, corpus_files, tmp_path):

@@ -637,6 +637,14 @@ class LoopArguments(OutputArguments):
             "--use_deepspeed --deepspeed_config_file CONFIG."
         },
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per optimizer step, all processes and accumulation together: the gradient accumulation "
+            "steps are derived from it (global / (per-device batch x processes)), so that a run resumed on another "
+            "number of processes keeps its batch size, data order and loss curve."
+        },
+    )
     fsdp: bool = field(
         default=False,
         metadata={
@@ -663,6 +671,8 @@ class LoopArguments(OutputArguments):
         )
         if self.max_train_steps is not None:
             self.check_at_least_one("max_train_steps")
+        if self.global_batch_size is not None:
+            self.check_at_least_one("global_batch_size")
         if self.save_total_limit is not None:
             self.check_at_least_one("save_total_limit")
         self.check_not_negative("num_warmup_steps", "learning_rate", "weight_decay", "max_grad_norm")

@@ -82,7 +82,13 @@ def local_numel(model) -> int:
 
 def prepare_for_generation(model) -> None:
     """Gather the whole-model group (embeddings, final norms): the encoder is called outside the model's
-    forward in evaluation, where FSDP would not gather them. The next training backward reshards them."""
+    forward in evaluation, where FSDP would not gather them. The next training backward reshards them.
+
+    FSDP2 makes the first module to run forward its root: when evaluation comes first (a run resumed at its
+    last step), the encoder's first block would take that role and the model's forward then fails ("FSDP
+    requires running forward through the root module first"), so the model is made root here (a no-op once
+    a training step ran; torch has no public call for it)."""
+    model._get_fsdp_state()._lazy_init()
     model.unshard()
 
 

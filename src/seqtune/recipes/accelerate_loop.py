@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from .. import adapters, checkpoints, fsdp
 from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
-from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
+from ..batching import LengthGroupedSampler, accumulation_for, global_batch_size, token_lengths
 from ..data import build_collator
 from ..errors import UserError, exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
@@ -151,6 +151,7 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
+    apply_global_batch_size(args, int(os.environ.get("WORLD_SIZE", "1")))
     # --fsdp or `accelerate launch --use_fsdp`: seqtune shards with FSDP2 itself (build_run), accelerate's plugin off.
     args.fsdp = loop_fsdp(args)
     # --deepspeed or `accelerate launch --use_deepspeed`: DeepSpeed ZeRO (None: DDP, or FSDP2 with --fsdp).
@@ -186,6 +187,25 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     return accelerator
 
 
+def apply_global_batch_size(args: LoopArguments, processes: int) -> None:
+    """--global_batch_size: the gradient accumulation that gives it on this many processes (logged when it
+    changes --gradient_accumulation_steps), so that a run resumed on another number keeps its global batch."""
+    if args.global_batch_size is None:
+        return
+    accumulation = accumulation_for(args.global_batch_size, args.per_device_train_batch_size, processes)
+    if accumulation != args.gradient_accumulation_steps:
+        logger.info(
+            "--global_batch_size %d on %d process(es) of %d examples: gradient accumulation set to %d steps "
+            "(--gradient_accumulation_steps was %d).",
+            args.global_batch_size,
+            processes,
+            args.per_device_train_batch_size,
+            accumulation,
+            args.gradient_accumulation_steps,
+        )
+    args.gradient_accumulation_steps = accumulation
+
+
 def _trackers(args: LoopArguments) -> str | list[str] | None:
     if not args.with_tracking or args.report_to.strip().lower() in ("none", ""):
         return None
@@ -217,6 +237,9 @@ class LoopState:
     total_flos: float = 0.0  # floating-point operations of all processes (the Trainer's estimate)
     steps_without_loss: int = 0  # steps taken before a switch from the no_trainer script (loss not known)
     stream: dict | None = None  # --streaming: where the training stream resumes (TrainingStream.position_at)
+    processes: int | None = None  # how the run that saved it batched (None: a checkpoint of an older seqtune)
+    accumulation: int | None = None
+    total_batch: int | None = None
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,7 +314,9 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
             num_training_steps=max_train_steps,
         )
     )
-    state = LoopState()
+    state = LoopState(
+        processes=accelerator.num_processes, accumulation=args.gradient_accumulation_steps, total_batch=total_batch
+    )
     accelerator.register_for_checkpointing(state)
     if accelerator.state.deepspeed_plugin is not None:
         # Prepared apart from the model, the schedule is in neither DeepSpeed's checkpoint nor accelerate's
@@ -394,11 +419,44 @@ def resume(run: LoopRun, checkpoint: str) -> None:
     else:
         _resume_from_no_trainer_script(run, checkpoint)
     state = run.state
+    continue_batching(run)
     if run.stream is not None:
         run.stream.resume(state.stream)
     logger.info(
         "Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch, state.batches_seen
     )
+
+
+def continue_batching(run: LoopRun) -> None:
+    """A checkpoint saved on another number of processes (elastic resume): each process's position in the
+    epoch is counted in its own batches, so it is recomputed from the optimizer steps taken (a checkpoint is
+    written between steps). The same global batch (--global_batch_size) keeps the data order: step k reads the
+    same examples on any number of processes; a different one is said, and training goes on with it."""
+    state, accelerator = run.state, run.accelerator
+    saved = (state.processes, state.accumulation, state.total_batch)
+    here = (accelerator.num_processes, accelerator.gradient_accumulation_steps, run.total_batch)
+    if saved[0] is not None and saved != here:
+        steps_into_epoch = state.batches_seen // saved[1]
+        state.batches_seen = steps_into_epoch * here[1]
+        logger.info(
+            "The checkpoint was written on %d process(es) with %d accumulation step(s); this run has %d and %d: "
+            "resuming %d steps into epoch %d.",
+            saved[0],
+            saved[1],
+            here[0],
+            here[1],
+            steps_into_epoch,
+            state.epoch,
+        )
+        if saved[2] != here[2]:
+            logger.warning(
+                "The checkpoint's global batch was %d examples per step, this run's is %d: the data order and the "
+                "loss curve differ from the uninterrupted run's. Fix: pass --global_batch_size %d.",
+                saved[2],
+                here[2],
+                saved[2],
+            )
+    state.processes, state.accumulation, state.total_batch = here
 
 
 def check_same_sharding(run: LoopRun, checkpoint: str) -> None:
