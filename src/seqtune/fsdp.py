@@ -8,7 +8,9 @@ seqtune shards the model itself, the same way on CPUs (gloo) and GPUs (nccl):
   BART's encoder and decoder layers), then on the whole model (embeddings, final norms, head). Each
   process keeps 1/N of every weight (a DTensor sharded on dim 0); a block's weights are gathered for
   its forward and backward only. accelerate never wraps the model (no DDP on top); the optimizer is
-  built after sharding, on the shards.
+  built after sharding, on the shards. On a CPU, freed large buffers go back to the OS at once (glibc's
+  heap kept the gathered weights of every block: a process's peak RSS was 2.6 GB instead of 1.7 GB for
+  t5-small's shapes, above DDP's; benchmarks/bench_sharding.py).
 - `save_sharded` / `load_sharded`: model and optimizer state as torch.distributed.checkpoint (DCP)
   writes them, each process its own shard, into the checkpoint's staging folder (`FOLDER`); the
   checkpoint is published by `seqtune.checkpoints` as every other (manifest last, one rename). DCP
@@ -48,6 +50,10 @@ def shard_model(model, device: torch.device, bf16: bool = False):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if device.type == "cpu":  # the gathered weights come and go at every block: give their memory back
+        from .generation import return_large_buffers_to_os
+
+        return_large_buffers_to_os()
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     settings = {"mesh": mesh}
     if bf16:  # compute in bf16, reduce gradients and keep the weights in fp32
