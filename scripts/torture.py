@@ -216,10 +216,14 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
 def load_weights(path: str) -> dict:
     if os.path.isdir(path):  # FSDP's DCP shards: gathered into one torch.save file, then read
         import torch
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
         with tempfile.TemporaryDirectory() as scratch:
-            dcp_to_torch_save(path, os.path.join(scratch, "state.pt"))
+            try:
+                dcp_to_torch_save(path, os.path.join(scratch, "state.pt"))
+            except CheckpointException as error:  # a BaseException: the checker's `except Exception` would miss it
+                raise RuntimeError(str(error).strip().splitlines()[-1]) from None
             return torch.load(os.path.join(scratch, "state.pt"), map_location="cpu", weights_only=False)
     if path.endswith(".pt"):  # DeepSpeed's model states: a pickled dict written by torch.save
         import torch

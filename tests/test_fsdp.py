@@ -215,3 +215,24 @@ def test_fsdp_requests_that_cannot_be_honoured_are_refused(tmp_path, monkeypatch
     assert loop_fsdp(args()) is True
     assert "ACCELERATE_USE_FSDP" not in os.environ
     assert loop_fsdp(args()) is False
+
+
+def test_the_torture_checker_reads_fsdp_shards_and_sees_a_torn_one(fsdp_six_steps, tmp_path):
+    """scripts/torture.py --fsdp checks DCP checkpoints by reading every shard back: a truncated one fails."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("torture", os.path.join(REPO, "scripts", "torture.py"))
+    torture = importlib.util.module_from_spec(spec)
+    sys.modules["torture"] = torture  # its dataclasses look their module up
+    spec.loader.exec_module(torture)
+    folder = tmp_path / "step_6"
+    shutil.copytree(fsdp_six_steps[0] / "step_6", folder)
+    assert torture.checkpoint_problems(str(folder), 6) == []
+    shard = folder / "fsdp" / "__1_0.distcp"
+    size = os.path.getsize(shard)
+    with open(shard, "r+b") as handle:
+        handle.truncate(size // 2)
+    problems = torture.checkpoint_problems(str(folder), 6)
+    assert any("__1_0.distcp has" in p for p in problems) and any("fsdp does not load" in p for p in problems), problems

@@ -474,9 +474,9 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         import torch
 
         check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
-        from .sharding import check_fsdp, deepspeed_config
+        from .sharding import check_trainer_fsdp, deepspeed_config
 
-        check_fsdp(bool(self.fsdp), accelerator_available(), "--fsdp")
+        check_trainer_fsdp(self.fsdp, accelerator_available())
         if self.deepspeed:  # checked now (exit 2 on a bad config); ZeRO-3's gotchas handled
             self.deepspeed = deepspeed_config(self.deepspeed)
         if not accelerator_available():

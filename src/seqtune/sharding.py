@@ -181,6 +181,15 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("true", "1", "yes")
 
 
+def check_trainer_fsdp(fsdp_flag, accelerator_present: bool) -> None:
+    """`check_fsdp` for the Trainer script: its --fsdp, or `accelerate launch --use_fsdp` (which transformers'
+    Trainer would follow too)."""
+    if fsdp_flag:
+        check_fsdp(True, accelerator_present, "--fsdp")
+    else:
+        check_fsdp(_env_flag("ACCELERATE_USE_FSDP"), accelerator_present, "accelerate launch --use_fsdp")
+
+
 def loop_deepspeed_plugin(args, accelerator_present: bool):
     """The Accelerate recipe's DeepSpeed plugin, or None for plain DDP.
 
