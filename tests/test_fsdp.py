@@ -142,11 +142,22 @@ def test_fsdp_resumes_exactly_from_its_sharded_checkpoint(fsdp_six_steps, t5_mod
     assert "holding" in result.stderr  # sharded, not DDP
     assert largest_difference(weights(out), weights(straight)) == 0.0
     assert logged_losses(out) == logged_losses(straight)
-    # Once more: it resumes at its last step and only evaluates (the first forward is evaluation's).
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_run_resumed_at_its_last_step_evaluates_first(fsdp_six_steps, t5_model, corpus_files, tmp_path):
+    """The same command again after the run ended: it resumes at step 6 and only evaluates, so evaluation runs
+    the sharded model's first forward (FSDP2 must still take the whole model as its root)."""
+    out = tmp_path / "run"
+    shutil.copytree(fsdp_six_steps[0], out)
     result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 6, "--fsdp"), torchrun(2))
     assert_ok(result)
     assert f"Resuming from {out / 'step_6'}" in result.stderr
-    assert largest_difference(weights(out), weights(straight)) == 0.0
+    assert largest_difference(weights(out), weights(fsdp_six_steps[0])) == 0.0
+    assert json.load(open(out / "eval_results.json"))["eval_loss"] == pytest.approx(
+        json.load(open(fsdp_six_steps[0] / "eval_results.json"))["eval_loss"], abs=1e-6
+    )
 
 
 ELASTIC_TOLERANCE = 1e-5  # resumed on another number of processes vs uninterrupted (measured: 2.4e-7)

@@ -151,7 +151,8 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
-    apply_global_batch_size(args, int(os.environ.get("WORLD_SIZE", "1")))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's and accelerate launch's process count
+    apply_global_batch_size(args, launched)
     # --fsdp or `accelerate launch --use_fsdp`: seqtune shards with FSDP2 itself (build_run), accelerate's plugin off.
     args.fsdp = loop_fsdp(args)
     # --deepspeed or `accelerate launch --use_deepspeed`: DeepSpeed ZeRO (None: DDP, or FSDP2 with --fsdp).
@@ -176,6 +177,9 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
         dynamo_plugin=_compile_settings(args),
     )
     logger.info("%s on %d process(es), device %s.", prog, accelerator.num_processes, accelerator.device)
+    if args.global_batch_size and accelerator.num_processes != launched:  # started another way (xla_spawn)
+        apply_global_batch_size(args, accelerator.num_processes)
+        accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
     if args.fsdp and accelerator.mixed_precision == "fp16":
         raise UserError("--fsdp computes in fp32 or bf16, not fp16 (no loss scaling). Fix: use --bf16 instead.")
     if args.torch_compile:
