@@ -226,6 +226,17 @@ def test_fsdp_requests_that_cannot_be_honoured_are_refused(tmp_path, monkeypatch
     assert loop_fsdp(args()) is True
     assert "ACCELERATE_USE_FSDP" not in os.environ
     assert loop_fsdp(args()) is False
+    # accelerate launch's settings seqtune's FSDP2 does not do stop the run, not silently dropped
+    for name, value, said in [
+        ("FSDP_OFFLOAD_PARAMS", "true", "--fsdp_offload_params true"),
+        ("FSDP_SHARDING_STRATEGY", "SHARD_GRAD_OP", "--fsdp_sharding_strategy SHARD_GRAD_OP"),
+        ("FSDP_RESHARD_AFTER_FORWARD", "false", "--fsdp_reshard_after_forward false"),
+    ]:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UserError, match=f"accelerate launch --use_fsdp asks for {said}.*Fix: drop it"):
+            loop_fsdp(args())
+        monkeypatch.delenv(name)
 
 
 def test_the_torture_checker_reads_fsdp_shards_and_sees_a_torn_one(fsdp_six_steps, tmp_path):

@@ -241,6 +241,8 @@ def loop_fsdp(args) -> bool:
     if not (args.fsdp or from_launcher):
         return False
     how = "--fsdp" if args.fsdp else "accelerate launch --use_fsdp"
+    if from_launcher:
+        check_launcher_fsdp_settings()
     if args.deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
         raise UserError(f"{how} and DeepSpeed both shard the model: choose one. Fix: drop {how} or --deepspeed.")
     if args.fp16:
@@ -250,3 +252,23 @@ def loop_fsdp(args) -> bool:
     if args.torch_compile:
         raise UserError(f"{how} does not run with --torch_compile in seqtune yet. Fix: drop --torch_compile.")
     return True
+
+
+def check_launcher_fsdp_settings() -> None:
+    """accelerate launch's FSDP settings that seqtune's FSDP2 (every block fully sharded, resharded after its
+    forward, weights on the device) does not honour stop the run rather than being dropped."""
+    unhonoured = []
+    if _env_flag("FSDP_OFFLOAD_PARAMS"):
+        unhonoured.append("--fsdp_offload_params true (CPU offload)")
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip()
+    if strategy.upper() not in ("FULL_SHARD", "1"):
+        unhonoured.append(f"--fsdp_sharding_strategy {strategy}")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip()
+    if reshard.lower() not in ("true", "1", "full_shard"):
+        unhonoured.append(f"--fsdp_reshard_after_forward {reshard}")
+    if unhonoured:
+        raise UserError(
+            f"accelerate launch --use_fsdp asks for {' and '.join(unhonoured)}, which seqtune's FSDP (FSDP2, every "
+            f"block fully sharded) does not do. Fix: drop it from the launch command or the accelerate config "
+            f"(full sharding is the default)."
+        )
