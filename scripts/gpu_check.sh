@@ -11,8 +11,10 @@
 # minutes in all on one GPU. On a machine without a GPU the fp16 rows show the refusal
 # (exit 2, "use --bf16") and the others run on the CPU (use STEPS=3 there).
 # The T5-family fp16 warning and a non-finite-loss stop, if any, appear in the runs' logs
-# (WORKDIR/<script>-<precision>.log). Then DeepSpeed ZeRO-2 and ZeRO-3 rows per script, on every GPU
-# under torchrun (NPROC, default: all GPUs; 2 CPU processes without one; SHARDED=0 skips them).
+# (WORKDIR/<script>-<precision>.log). Then DeepSpeed ZeRO-2 and ZeRO-3 rows per script, and FSDP rows
+# (fp32 and bf16: the Trainer's --fsdp "full_shard auto_wrap", transformers' FSDP2, refused without a GPU;
+# the loop's --fsdp, seqtune's FSDP2), on every GPU under torchrun (NPROC, default: all GPUs; 2 CPU
+# processes without one; SHARDED=0 skips them).
 set -uo pipefail
 
 usage() {  # the comment block above, without its leading '# '
@@ -75,7 +77,7 @@ TRAINER=("$REPO/examples/pytorch/summarization/run_summarization.py" --do_train 
 LOOP=("$REPO/examples/pytorch/summarization/run_summarization_no_trainer.py"
       --max_train_steps "$STEPS" --logging_steps 10)
 
-SHARDED="${SHARDED:-1}"        # 0: skip the DeepSpeed ZeRO rows
+SHARDED="${SHARDED:-1}"        # 0: skip the DeepSpeed ZeRO and FSDP rows
 NPROC="${NPROC:-$("$PY" -c 'import torch; print(torch.cuda.device_count() or 2)')}"
 
 # run_row SCRIPT LABEL OUT COMMAND...: one run (COMMON flags added), one table row from its results.
@@ -119,6 +121,15 @@ for script in trainer loop; do
       run_row "$script" "$stage x$NPROC" "$WORK/$script-$stage" "$PY" -m torch.distributed.run \
         --nproc_per_node "$NPROC" --master_port "$((29500 + RANDOM % 1000))" "${command[@]}" \
         --deepspeed "$REPO/configs/deepspeed/$stage.json"
+    done
+    # FSDP: the Trainer's through transformers (GPUs only), the loop's applied by seqtune (any device).
+    if [ "$script" = trainer ]; then fsdp=(--fsdp "full_shard auto_wrap"); else fsdp=(--fsdp); fi
+    for precision in fp32 bf16; do
+      flags=()
+      [ "$precision" = fp32 ] || flags=(--bf16)
+      run_row "$script" "fsdp $precision x$NPROC" "$WORK/$script-fsdp-$precision" "$PY" -m torch.distributed.run \
+        --nproc_per_node "$NPROC" --master_port "$((29500 + RANDOM % 1000))" "${command[@]}" "${fsdp[@]}" \
+        ${flags[@]+"${flags[@]}"}
     done
   fi
 done

@@ -48,6 +48,7 @@ MANIFEST_NAME = "seqtune_checkpoint.json"  # written by seqtune.checkpoints; che
 STAGING_NAME = ".seqtune-staging"
 TRASH_PREFIX = ".seqtune-trash-"
 # The Trainer script's checkpoint-N and the no_trainer script's step_N (the Hugging Face scripts' names).
+DCP_FOLDER = "fsdp"  # seqtune.fsdp.FOLDER: where an --fsdp checkpoint keeps its DCP shards
 CHECKPOINT_RE = re.compile(r"^(?:checkpoint-|step_)(\d+)$")
 
 # When to kill: at a random moment of start-up, of a training step, of a checkpoint write,
@@ -74,9 +75,11 @@ def build_command(
     seed: int = 0,
     processes: int = 1,
     deepspeed: str | None = None,
+    fsdp: bool = False,
 ) -> list[str]:
     """The one command every attempt runs (same flags each time, as a user would); with `processes` > 1
-    under torchrun (--standalone: a free rendezvous port each attempt), with `deepspeed` a ZeRO config."""
+    under torchrun (--standalone: a free rendezvous port each attempt), with `deepspeed` a ZeRO config,
+    with `fsdp` the no_trainer script's --fsdp (FSDP2, DCP checkpoints)."""
     common = [
         "--model_name_or_path",
         model,
@@ -130,6 +133,8 @@ def build_command(
         ]
     if deepspeed:
         specific += ["--deepspeed", deepspeed]
+    if fsdp:
+        specific += ["--fsdp"]
     if processes > 1:  # the kill hits torchrun's whole process group: every rank dies at once
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
         return [*launcher, script, *common, *specific]
@@ -184,10 +189,13 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
             problems.append(f"{folder}: {name} listed but missing")
         elif os.path.getsize(path) != size:
             problems.append(f"{folder}: {name} has {os.path.getsize(path)} bytes, manifest says {size}")
-    # safetensors weights, or DeepSpeed's per-rank model states (the Accelerate script under DeepSpeed)
-    weights = [n for n in manifest.get("files", {}) if n.endswith((".safetensors", "model_states.pt"))]
+    # safetensors weights, DeepSpeed's per-rank model states (the Accelerate script under DeepSpeed), or the
+    # torch.distributed.checkpoint folder of the Accelerate script under --fsdp (every shard read back)
+    files = manifest.get("files", {})
+    weights = [n for n in files if n.endswith((".safetensors", "model_states.pt"))]
+    weights += sorted({n.split("/")[0] for n in files if n.startswith(DCP_FOLDER + "/")})
     if not weights:
-        problems.append(f"{folder}: no weights (.safetensors or DeepSpeed model states)")
+        problems.append(f"{folder}: no weights (.safetensors, DeepSpeed model states or FSDP's DCP shards)")
     for name in weights:
         try:
             load_weights(os.path.join(folder, name))
@@ -206,6 +214,17 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
 
 
 def load_weights(path: str) -> dict:
+    if os.path.isdir(path):  # FSDP's DCP shards: gathered into one torch.save file, then read
+        import torch
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                dcp_to_torch_save(path, os.path.join(scratch, "state.pt"))
+            except CheckpointException as error:  # a BaseException: the checker's `except Exception` would miss it
+                raise RuntimeError(str(error).strip().splitlines()[-1]) from None
+            return torch.load(os.path.join(scratch, "state.pt"), map_location="cpu", weights_only=False)
     if path.endswith(".pt"):  # DeepSpeed's model states: a pickled dict written by torch.save
         import torch
 
@@ -480,6 +499,7 @@ def torture(
     same_weights: bool | None = None,
     processes: int = 1,
     deepspeed: str | None = None,
+    fsdp: bool = False,
     attempt_timeout: float = 300.0,
     verbose: bool = True,
 ) -> Report:
@@ -507,7 +527,7 @@ def torture(
     log_dir = os.path.join(workdir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     output_dir = os.path.join(workdir, "run")
-    launch = {"processes": processes, "deepspeed": deepspeed}
+    launch = {"processes": processes, "deepspeed": deepspeed, "fsdp": fsdp}
     command = build_command(script, model, files, output_dir, max_steps, save_steps, save_total_limit, seed, **launch)
     say = print if verbose else (lambda *a, **k: None)
     say("command: " + " ".join(command))
@@ -590,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_steps", type=int, default=None, help="default: enough for every kill to land")
     parser.add_argument("--processes", type=int, default=1, help="run under torchrun with this many processes")
     parser.add_argument("--deepspeed", default=None, help="a DeepSpeed config (e.g. configs/deepspeed/zero2.json)")
+    parser.add_argument("--fsdp", action="store_true", help="the no_trainer script's --fsdp (use with --processes 2)")
     parser.add_argument(
         "--modes", default=None, help=f"comma-separated kill kinds in order, of {MODES + (FINAL_MODE,)}"
     )
@@ -605,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.script):
         parser.error(f"no such script: {args.script}")
+    if args.fsdp and not is_loop_script(args.script):
+        parser.error("--fsdp: the no_trainer script's flag (the Trainer script's FSDP is refused on CPUs)")
     modes = args.modes.split(",") if args.modes else None
     if modes and set(modes) - set(MODES + (FINAL_MODE,)):
         parser.error(f"unknown kill kinds: {sorted(set(modes) - set(MODES + (FINAL_MODE,)))}")
@@ -623,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         same_weights=args.same_weights,
         processes=args.processes,
         deepspeed=os.path.abspath(args.deepspeed) if args.deepspeed else None,
+        fsdp=args.fsdp,
     )
     ok = report.ok and report.kills == kills
     if not ok and report.kills != kills:

@@ -474,9 +474,9 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         import torch
 
         check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
-        from .sharding import check_fsdp, deepspeed_config
+        from .sharding import check_trainer_fsdp, deepspeed_config
 
-        check_fsdp(bool(self.fsdp), accelerator_available(), "--fsdp")
+        check_trainer_fsdp(self.fsdp, accelerator_available())
         if self.deepspeed:  # checked now (exit 2 on a bad config); ZeRO-3's gotchas handled
             self.deepspeed = deepspeed_config(self.deepspeed)
         if not accelerator_available():
@@ -637,6 +637,22 @@ class LoopArguments(OutputArguments):
             "--use_deepspeed --deepspeed_config_file CONFIG."
         },
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per optimizer step, all processes and accumulation together: the gradient accumulation "
+            "steps are derived from it (global / (per-device batch x processes)), so that a run resumed on another "
+            "number of processes keeps its batch size, data order and loss curve."
+        },
+    )
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "Shard the model with FSDP (PyTorch's FSDP2: each T5/BART block, then the rest), on GPUs and "
+            "CPUs alike; checkpoints are torch.distributed.checkpoint shards, the final model one ordinary "
+            "folder. The same as accelerate launch --use_fsdp."
+        },
+    )
 
     def __post_init__(self):
         self.check_output_dir()
@@ -655,6 +671,8 @@ class LoopArguments(OutputArguments):
         )
         if self.max_train_steps is not None:
             self.check_at_least_one("max_train_steps")
+        if self.global_batch_size is not None:
+            self.check_at_least_one("global_batch_size")
         if self.save_total_limit is not None:
             self.check_at_least_one("save_total_limit")
         self.check_not_negative("num_warmup_steps", "learning_rate", "weight_decay", "max_grad_norm")

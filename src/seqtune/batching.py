@@ -16,6 +16,21 @@ def global_batch_size(per_device: int, processes: int, accumulation: int) -> int
     return per_device * processes * accumulation
 
 
+def accumulation_for(global_batch: int, per_device: int, processes: int) -> int:
+    """Gradient accumulation steps giving `global_batch` examples per optimizer step on `processes` processes;
+    a UserError when it does not divide evenly."""
+    from .errors import UserError
+
+    per_pass = per_device * processes
+    if global_batch % per_pass:
+        raise UserError(
+            f"--global_batch_size {global_batch} is not a multiple of --per_device_train_batch_size {per_device} x "
+            f"{processes} process(es) = {per_pass}. Fix: choose a per-device batch size (or a number of processes) "
+            f"that divides it."
+        )
+    return global_batch // per_pass
+
+
 def token_lengths(dataset, column: str = "input_ids") -> list[int]:
     """Each example's number of tokens, read from the Arrow column (no rows are decoded)."""
     import pyarrow.compute as pc

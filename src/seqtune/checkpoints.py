@@ -602,12 +602,19 @@ def check_same_model(checkpoint: str, model, model_name: str | None = None, shap
 
 
 def save_accelerate_checkpoint(
-    accelerator, output_dir: str, step: int, save_total_limit: int | None, hub=None, name: str | None = None
+    accelerator,
+    output_dir: str,
+    step: int,
+    save_total_limit: int | None,
+    hub=None,
+    name: str | None = None,
+    write_more=None,
 ) -> str:
     """The Accelerate recipe's checkpoint: `save_state` into the staging folder, then one rename makes
     output_dir/`name` visible (step_N or epoch_E, as the no_trainer script names them; default
     checkpoint-`step`) (and, with --push_to_hub, it goes to the hub: a failed upload is logged,
-    training goes on); the oldest by step beyond --save_total_limit are deleted."""
+    training goes on); the oldest by step beyond --save_total_limit are deleted. `write_more(staged)`, run
+    on every process after save_state, adds what accelerate does not save (FSDP's sharded state)."""
     name = name or checkpoint_name(step)
     staged = staging_path(output_dir, step, name)
     if is_main_process():
@@ -615,6 +622,8 @@ def save_accelerate_checkpoint(
     accelerator.wait_for_everyone()
     with guarded_save(name, output_dir, staged=staged):
         accelerator.save_state(staged)  # every process writes its RNG state; the main one the rest
+        if write_more is not None:
+            write_more(staged)
     accelerator.wait_for_everyone()
     published = os.path.join(output_dir, name)
     if is_main_process():

@@ -14,8 +14,11 @@
     DeepSpeed's shards): seqtune turns it on, so the final folder holds `model.safetensors`
     (gathered on rank 0, layer by layer) that `from_pretrained` and `seqtune summarize` load.
 - `use_venv_extensions_dir()`: where DeepSpeed's JIT-compiled op is cached (see there).
-- `check_fsdp(...)`: FSDP is not wired in seqtune yet; on a machine without GPUs transformers and
-  accelerate would silently train with plain DDP, so seqtune refuses it there.
+- `loop_fsdp(args)`: the Accelerate recipe's --fsdp (or `accelerate launch --use_fsdp`): seqtune shards the
+  model itself with FSDP2 on every device (`seqtune.fsdp`), accelerate's own FSDP plugin stays off.
+- `check_fsdp(...)`: the Trainer script's --fsdp is passed to transformers on GPUs; on a machine without
+  GPUs transformers and accelerate would silently train with plain DDP, so seqtune refuses it there and
+  names the Accelerate script's --fsdp (FSDP2 on CPUs too).
 """
 
 from __future__ import annotations
@@ -162,19 +165,29 @@ def fill_loop_auto_values(config: dict, *, micro_batch: int, accumulation: int, 
 
 
 def check_fsdp(requested: bool, accelerator_present: bool, how: str) -> None:
-    """Refuse FSDP where it would silently be plain DDP: without GPUs, transformers and accelerate never
-    enable it (no error, no warning), so every process would hold the whole model."""
+    """Refuse the Trainer's FSDP where it would silently be plain DDP: without GPUs, transformers and
+    accelerate never enable it (no error, no warning), so every process would hold the whole model."""
     if requested and not accelerator_present:
         raise UserError(
             f"{how} asks for FSDP, but on a machine without GPUs transformers and accelerate would silently "
-            f"train with plain DDP (every process holding the whole model): seqtune does not run FSDP on CPUs. "
-            f"Fix: shard with DeepSpeed ZeRO instead (--deepspeed configs/deepspeed/zero3.json; see the README, "
-            f'"Training models larger than one GPU"), or drop {how}.'
+            f"train with plain DDP (every process holding the whole model): the Trainer script does not run FSDP "
+            f"on CPUs. Fix: use the Accelerate script's --fsdp (run_summarization_no_trainer.py --fsdp under "
+            f"torchrun: FSDP2, real on CPUs too), or shard with DeepSpeed ZeRO (--deepspeed "
+            f'configs/deepspeed/zero3.json; see the README, "Training models larger than one GPU"), or drop {how}.'
         )
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("true", "1", "yes")
+
+
+def check_trainer_fsdp(fsdp_flag, accelerator_present: bool) -> None:
+    """`check_fsdp` for the Trainer script: its --fsdp, or `accelerate launch --use_fsdp` (which transformers'
+    Trainer would follow too)."""
+    if fsdp_flag:
+        check_fsdp(True, accelerator_present, "--fsdp")
+    else:
+        check_fsdp(_env_flag("ACCELERATE_USE_FSDP"), accelerator_present, "accelerate launch --use_fsdp")
 
 
 def loop_deepspeed_plugin(args, accelerator_present: bool):
@@ -185,9 +198,7 @@ def loop_deepspeed_plugin(args, accelerator_present: bool):
     Trainer script's is and the loop's batch size, accumulation and --max_grad_norm fill its "auto"
     values. On a machine without GPUs the processes first join on gloo (accelerate would otherwise
     drop DeepSpeed for plain DDP on CPUs), and DeepSpeed runs over that group, as with the Trainer.
-    An FSDP request there is refused (`check_fsdp`).
     """
-    check_fsdp(_env_flag("ACCELERATE_USE_FSDP"), accelerator_present, "accelerate launch --use_fsdp (or its config)")
     config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
     from_launcher = _env_flag("ACCELERATE_USE_DEEPSPEED")
     if args.deepspeed:
@@ -216,3 +227,48 @@ def loop_deepspeed_plugin(args, accelerator_present: bool):
     if not accelerator_present:
         PartialState(cpu=True)  # the processes join on gloo; DeepSpeed's engine runs over that group
     return plugin
+
+
+def loop_fsdp(args) -> bool:
+    """Whether the Accelerate recipe shards with FSDP2 (`seqtune.fsdp`): its --fsdp, or `accelerate launch
+    --use_fsdp` (or an accelerate config with FSDP). accelerate's own FSDP plugin is switched off
+    (ACCELERATE_USE_FSDP removed): it would silently be DDP on CPUs, and seqtune shards the same way everywhere.
+    What cannot be honoured with it stops here, before anything runs."""
+    from_launcher = _env_flag("ACCELERATE_USE_FSDP")
+    if from_launcher:
+        os.environ.pop("ACCELERATE_USE_FSDP")
+        logger.info("accelerate launch --use_fsdp: seqtune shards the model itself (FSDP2, fully_shard per block).")
+    if not (args.fsdp or from_launcher):
+        return False
+    how = "--fsdp" if args.fsdp else "accelerate launch --use_fsdp"
+    if from_launcher:
+        check_launcher_fsdp_settings()
+    if args.deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        raise UserError(f"{how} and DeepSpeed both shard the model: choose one. Fix: drop {how} or --deepspeed.")
+    if args.fp16:
+        raise UserError(
+            f"{how} computes in fp32 or bf16, not fp16 (no loss scaling). Fix: use --bf16 instead of --fp16."
+        )
+    if args.torch_compile:
+        raise UserError(f"{how} does not run with --torch_compile in seqtune yet. Fix: drop --torch_compile.")
+    return True
+
+
+def check_launcher_fsdp_settings() -> None:
+    """accelerate launch's FSDP settings that seqtune's FSDP2 (every block fully sharded, resharded after its
+    forward, weights on the device) does not honour stop the run rather than being dropped."""
+    unhonoured = []
+    if _env_flag("FSDP_OFFLOAD_PARAMS"):
+        unhonoured.append("--fsdp_offload_params true (CPU offload)")
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").strip()
+    if strategy.upper() not in ("FULL_SHARD", "1"):
+        unhonoured.append(f"--fsdp_sharding_strategy {strategy}")
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip()
+    if reshard.lower() not in ("true", "1", "full_shard"):
+        unhonoured.append(f"--fsdp_reshard_after_forward {reshard}")
+    if unhonoured:
+        raise UserError(
+            f"accelerate launch --use_fsdp asks for {' and '.join(unhonoured)}, which seqtune's FSDP (FSDP2, every "
+            f"block fully sharded) does not do. Fix: drop it from the launch command or the accelerate config "
+            f"(full sharding is the default)."
+        )

@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import adapters, checkpoints
+from .. import adapters, checkpoints, fsdp
 from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
-from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
+from ..batching import LengthGroupedSampler, accumulation_for, global_batch_size, token_lengths
 from ..data import build_collator
-from ..errors import exit_on_user_error
+from ..errors import UserError, exit_on_user_error
 from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
 from ..hub import HubPusher
 from ..metrics import decode_token_ids
@@ -54,7 +54,7 @@ from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_ov
 from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
-from ..sharding import loop_deepspeed_plugin
+from ..sharding import loop_deepspeed_plugin, loop_fsdp
 from ..streaming import TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
@@ -151,7 +151,11 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     trackers = _trackers(args)
-    # --deepspeed or `accelerate launch --use_deepspeed`: DeepSpeed ZeRO (None: DDP; FSDP on CPUs refused).
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's and accelerate launch's process count
+    apply_global_batch_size(args, launched)
+    # --fsdp or `accelerate launch --use_fsdp`: seqtune shards with FSDP2 itself (build_run), accelerate's plugin off.
+    args.fsdp = loop_fsdp(args)
+    # --deepspeed or `accelerate launch --use_deepspeed`: DeepSpeed ZeRO (None: DDP, or FSDP2 with --fsdp).
     deepspeed = loop_deepspeed_plugin(args, accelerator_available())
     accelerator = Accelerator(
         # No GPU: say "cpu", or under torchrun every process would train on its own (gloo needs it).
@@ -173,6 +177,11 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
         dynamo_plugin=_compile_settings(args),
     )
     logger.info("%s on %d process(es), device %s.", prog, accelerator.num_processes, accelerator.device)
+    if args.global_batch_size and accelerator.num_processes != launched:  # started another way (xla_spawn)
+        apply_global_batch_size(args, accelerator.num_processes)
+        accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
+    if args.fsdp and accelerator.mixed_precision == "fp16":
+        raise UserError("--fsdp computes in fp32 or bf16, not fp16 (no loss scaling). Fix: use --bf16 instead.")
     if args.torch_compile:
         logger.info(
             "torch.compile: backend %s, mode %s (the first steps compile).",
@@ -180,6 +189,25 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
             args.torch_compile_mode or "default",
         )
     return accelerator
+
+
+def apply_global_batch_size(args: LoopArguments, processes: int) -> None:
+    """--global_batch_size: the gradient accumulation that gives it on this many processes (logged when it
+    changes --gradient_accumulation_steps), so that a run resumed on another number keeps its global batch."""
+    if args.global_batch_size is None:
+        return
+    accumulation = accumulation_for(args.global_batch_size, args.per_device_train_batch_size, processes)
+    if accumulation != args.gradient_accumulation_steps:
+        logger.info(
+            "--global_batch_size %d on %d process(es) of %d examples: gradient accumulation set to %d steps "
+            "(--gradient_accumulation_steps was %d).",
+            args.global_batch_size,
+            processes,
+            args.per_device_train_batch_size,
+            accumulation,
+            args.gradient_accumulation_steps,
+        )
+    args.gradient_accumulation_steps = accumulation
 
 
 def _trackers(args: LoopArguments) -> str | list[str] | None:
@@ -213,6 +241,9 @@ class LoopState:
     total_flos: float = 0.0  # floating-point operations of all processes (the Trainer's estimate)
     steps_without_loss: int = 0  # steps taken before a switch from the no_trainer script (loss not known)
     stream: dict | None = None  # --streaming: where the training stream resumes (TrainingStream.position_at)
+    processes: int | None = None  # how the run that saved it batched (None: a checkpoint of an older seqtune)
+    accumulation: int | None = None
+    total_batch: int | None = None
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -247,6 +278,7 @@ class LoopRun:
     flos_per_input_token: float
     tracking: bool
     stream: TrainingStream | None = None  # --streaming: the training examples, read as training goes
+    fsdp: bool = False  # --fsdp: the model is sharded with FSDP2 (seqtune.fsdp), its state saved with DCP
     steps_this_run: int = 0  # optimizer steps taken since this process started (for throughput)
 
 
@@ -263,8 +295,16 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     order = "random" if args.train_sampling_strategy == "random" else "group_by_length"
     stream = training_stream(setup, data_args, group_size=total_batch, seed=args.seed, order=order)
     train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch, stream)
-    optimizer = build_optimizer(model, args, accelerator.device)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if args.fsdp:
+        model = shard_for_fsdp(model, accelerator)
+    optimizer = build_optimizer(model, args, accelerator.device)  # after sharding: on the shards
+    if args.fsdp:  # accelerate must neither wrap the sharded model (DDP) nor save its optimizer (DCP does)
+        from accelerate.optimizer import AcceleratedOptimizer
+
+        train_loader, eval_loader = accelerator.prepare(train_loader, eval_loader)
+        optimizer = AcceleratedOptimizer(optimizer, device_placement=False)  # steps once accumulation is complete
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # A stream is one long epoch of --max_train_steps (check_streaming made sure it is given).
     steps_per_epoch = (
         args.max_train_steps if stream else math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -278,7 +318,9 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
             num_training_steps=max_train_steps,
         )
     )
-    state = LoopState()
+    state = LoopState(
+        processes=accelerator.num_processes, accumulation=args.gradient_accumulation_steps, total_batch=total_batch
+    )
     accelerator.register_for_checkpointing(state)
     if accelerator.state.deepspeed_plugin is not None:
         # Prepared apart from the model, the schedule is in neither DeepSpeed's checkpoint nor accelerate's
@@ -308,7 +350,18 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
         flos_per_input_token=6.0 * accelerator.unwrap_model(model).num_parameters(exclude_embeddings=True),
         tracking=_trackers(args) is not None,
         stream=stream,
+        fsdp=args.fsdp,
     )
+
+
+def shard_for_fsdp(model, accelerator):
+    """--fsdp: the model sharded over every process with FSDP2 (`seqtune.fsdp.shard_model`)."""
+    if adapters.is_adapter_model(model):
+        raise UserError(
+            "--fsdp does not shard a LoRA model (--use_peft) in seqtune yet. Fix: drop --fsdp or --use_peft."
+        )
+    fsdp.ensure_process_group(accelerator.device)
+    return fsdp.shard_model(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
 
 
 def _model_inputs_only(dataset, model):
@@ -362,16 +415,64 @@ def build_optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer
 
 def resume(run: LoopRun, checkpoint: str) -> None:
     logger.info("Resuming from %s.", checkpoint)
+    check_same_sharding(run, checkpoint)
     if os.path.isfile(os.path.join(checkpoint, "custom_checkpoint_0.pkl")):
         run.accelerator.load_state(checkpoint)
+        if run.fsdp:
+            fsdp.load_sharded(run.model, run.optimizer.optimizer, checkpoint)
     else:
         _resume_from_no_trainer_script(run, checkpoint)
     state = run.state
+    continue_batching(run)
     if run.stream is not None:
         run.stream.resume(state.stream)
     logger.info(
         "Resumed at step %d (epoch %d, %d batches into it).", state.completed_steps, state.epoch, state.batches_seen
     )
+
+
+def continue_batching(run: LoopRun) -> None:
+    """A checkpoint saved on another number of processes (elastic resume): each process's position in the
+    epoch is counted in its own batches, so it is recomputed from the optimizer steps taken (a checkpoint is
+    written between steps). The same global batch (--global_batch_size) keeps the data order: step k reads the
+    same examples on any number of processes; a different one is said, and training goes on with it."""
+    state, accelerator = run.state, run.accelerator
+    saved = (state.processes, state.accumulation, state.total_batch)
+    here = (accelerator.num_processes, accelerator.gradient_accumulation_steps, run.total_batch)
+    if saved[0] is not None and saved != here:
+        steps_into_epoch = state.batches_seen // saved[1]
+        state.batches_seen = steps_into_epoch * here[1]
+        logger.info(
+            "The checkpoint was written on %d process(es) with %d accumulation step(s); this run has %d and %d: "
+            "resuming %d steps into epoch %d.",
+            saved[0],
+            saved[1],
+            here[0],
+            here[1],
+            steps_into_epoch,
+            state.epoch,
+        )
+        if saved[2] != here[2]:
+            logger.warning(
+                "The checkpoint's global batch was %d examples per step, this run's is %d: the data order and the "
+                "loss curve differ from the uninterrupted run's. Fix: pass --global_batch_size %d.",
+                saved[2],
+                here[2],
+                saved[2],
+            )
+    state.processes, state.accumulation, state.total_batch = here
+
+
+def check_same_sharding(run: LoopRun, checkpoint: str) -> None:
+    """An FSDP checkpoint (DCP shards) resumes an FSDP run only, and the other way round."""
+    sharded = fsdp.has_sharded_state(checkpoint)
+    if sharded != run.fsdp:
+        written, asked = ("with", "without") if sharded else ("without", "with")
+        raise UserError(
+            f"{checkpoint} was written {written} --fsdp, and this run is {asked} it: its model and optimizer state "
+            f"cannot be loaded this way. Fix: run {written} --fsdp as the checkpoint was, or pass "
+            f"--overwrite_output_dir (or another --output_dir) to start afresh."
+        )
 
 
 def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str) -> None:
@@ -566,8 +667,15 @@ def save_checkpoint(run: LoopRun, args: LoopArguments, hub: HubPusher | None, na
     the Hugging Face no_trainer script gives them; the manifest records the step, which orders them."""
     if run.stream is not None:
         run.state.stream = run.stream.position_at(run.state.completed_steps * run.total_batch)
+    write_shards = (lambda staged: fsdp.save_sharded(run.model, run.optimizer.optimizer, staged)) if run.fsdp else None
     checkpoints.save_accelerate_checkpoint(
-        run.accelerator, args.output_dir, run.state.completed_steps, args.save_total_limit, hub, name=name
+        run.accelerator,
+        args.output_dir,
+        run.state.completed_steps,
+        args.save_total_limit,
+        hub,
+        name=name,
+        write_more=write_shards,
     )
 
 
@@ -584,6 +692,8 @@ def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progre
     accelerator, tokenizer = run.accelerator, run.tokenizer
     run.model.eval()
     unwrapped = accelerator.unwrap_model(run.model)
+    if run.fsdp:
+        fsdp.prepare_for_generation(unwrapped)
     predictions: list[str] = []
     for batch in loader:
         generated, loss = generate_with_loss(unwrapped, batch, run.generation)
@@ -653,8 +763,11 @@ def save_model(run: LoopRun, folder: str) -> None:
     """The final model and tokenizer, as save_pretrained writes them (loadable by from_pretrained)."""
     accelerator = run.accelerator
     unwrapped = accelerator.unwrap_model(run.model)
-    state_dict = cpu_state_dict(accelerator.get_state_dict(run.model))  # every process (gathers sharded weights)
-    state_dict = state_dict or {}  # DeepSpeed ZeRO-3 gathers the weights on the main process only
+    if run.fsdp:  # gathered on the main process only, into its CPU memory
+        state_dict = fsdp.full_state_dict(run.model)
+    else:
+        state_dict = cpu_state_dict(accelerator.get_state_dict(run.model))  # every process (gathers sharded weights)
+    state_dict = state_dict or {}  # DeepSpeed ZeRO-3 and FSDP gather the weights on the main process only
     # --torch_compile: the compiled wrapper names every weight "_orig_mod.<name>".
     state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
     unwrapped.save_pretrained(
