@@ -71,7 +71,7 @@ $(TF_STAMP): $(TF_PY) requirements-tf.txt pyproject.toml
 	touch $(TF_STAMP)
 
 test-tf: $(STAMP) $(TF_STAMP)
-	SEQTUNE_TORCH_PYTHON=$(abspath $(PY)) $(TF_PY) -m pytest -p no:cacheprovider --timeout 900 tests/tf
+	SEQTUNE_TORCH_PYTHON=$(abspath $(PY)) $(TF_PY) -m pytest -n 2 -p no:cacheprovider --timeout 900 tests/tf
 
 # Speed and memory against the plain Seq2SeqTrainer pipeline (prints figures and ratios; minutes).
 bench: $(STAMP)

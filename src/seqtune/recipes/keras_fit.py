@@ -52,7 +52,7 @@ from .common import generation_settings, record_results, set_up_run, wrap_up_run
 logger = logging.getLogger(__name__)
 
 SCRIPT = "examples/tensorflow/summarization/run_summarization.py"
-STATE_FILE = "keras_state.json"  # a checkpoint's place in training: step, epoch, batch within the epoch
+STATE_FILE = "keras_state.json"  # a checkpoint's place in training (the global step; epoch and batch follow from it)
 OPTIMIZER_PREFIX = "optimizer"  # the optimizer's variables (tf.train.Checkpoint files optimizer.*)
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
 LENGTH_BUCKET = 16  # training batches are padded to a multiple of this: few distinct shapes, few compilations
