@@ -94,6 +94,21 @@ def test_trainer_streamed_evaluation_equals_in_memory(trap_model, corpus_files, 
     assert json.loads(read_lines(out / "report_examples.jsonl")[0])["source"] == first["document"]
 
 
+def test_trainer_streamed_loss_only_evaluation_equals_in_memory(t5_model, corpus_files, tmp_path):
+    """Without --predict_with_generate the Trainer reports the loss only (no logits kept): the same keys and
+    values (not rounded) as in memory, and no predictions file."""
+    runs = {}
+    for name, extra in (("memory", ()), ("streamed", STREAM)):
+        out = tmp_path / name
+        args = [arg for arg in eval_args(t5_model, corpus_files, out, *extra) if arg != "--predict_with_generate"]
+        assert_ok(run_script(TRAINER_SCRIPT, args))
+        runs[name] = read_json(out / "all_results.json")
+        assert not (out / "generated_predictions.txt").exists()
+    assert runs["streamed"].keys() == runs["memory"].keys()
+    assert_same_metrics(runs["streamed"], runs["memory"])
+    assert runs["streamed"]["predict_samples"] == 12 and "eval_rouge1" not in runs["streamed"]
+
+
 def test_loop_streamed_evaluation_equals_in_memory(trap_model, corpus_files, in_memory, tmp_path):
     out = tmp_path / "streamed"
     assert_ok(run_script(LOOP_SCRIPT, loop_eval_args(trap_model, corpus_files, out, *STREAM)))

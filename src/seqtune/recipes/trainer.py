@@ -147,22 +147,22 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         source = self.eval_dataset if eval_dataset is None else eval_dataset
         if not hasattr(source, "windows"):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
-        metrics = self._in_windows(  # the loss not rounded, as transformers' evaluate reports it
-            lambda generate_window, scorer, on_cpu: evaluate_in_windows(
-                source, generate_window, scorer, metric_key_prefix, on_cpu, loss_digits=None
-            )
-        )
-        if hasattr(self, "model_preparation_time"):  # as transformers reports it (the model prepared for evaluation)
-            metrics[f"{metric_key_prefix}_model_preparation_time"] = self.model_preparation_time
+        metrics = self.evaluate_in_windows(source, metric_key_prefix)
         self.log(metrics)  # adds the epoch, as for a data set
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def evaluate_in_windows(self, source, prefix: str) -> dict:
-        """The {prefix}_* metrics of `source` (see `predict_to_file`), no predictions written."""
-        return self._in_windows(
-            lambda generate_window, scorer, on_cpu: evaluate_in_windows(source, generate_window, scorer, prefix, on_cpu)
+        """The {prefix}_* metrics of `source` (see `predict_to_file`), no predictions written; the loss not
+        rounded and the model's preparation time, as transformers' evaluate and predict report them."""
+        metrics = self._in_windows(
+            lambda generate_window, scorer, on_cpu: evaluate_in_windows(
+                source, generate_window, scorer, prefix, on_cpu, loss_digits=None
+            )
         )
+        if hasattr(self, "model_preparation_time"):  # the model was prepared for evaluation (no training before)
+            metrics[f"{prefix}_model_preparation_time"] = self.model_preparation_time
+        return metrics
 
     def _in_windows(self, run) -> dict:
         """`run(generate_window, scorer, on_cpu)` with the Trainer predicting each window (without
