@@ -250,33 +250,23 @@ def main() -> None:
     load = os.getloadavg()[0]
     machine = f"{os.cpu_count()}-core CPU, torch {torch.__version__}; load average {load:.1f}"
     columns = [("memory", "1x"), ("memory", "10x"), ("stream", "1x"), ("stream", "10x")]
+    footprint = [("peak RSS (MB)", "peak_rss_mb", "{:.0f}"), ("datasets cache written (MB)", "cache_mb", "{:.1f}")]
+    wall = ("end-to-end wall (s)", "wall_s", "{:.1f}")
     if runs:
         print(
             f"== --streaming vs in memory: {args.size} T5, Accelerate script, {args.steps} steps of "
             f"{args.batch_size}, corpus 1x = {args.documents:,} documents, 10x = {10 * args.documents:,}; shuffle "
             f"buffer {args.buffer}; {machine} =="
         )
-        rows = [
-            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
-            ("datasets cache written (MB)", "cache_mb", "{:.1f}"),
-            ("start-up to step 1 (s)", "startup_s", "{:.0f}"),
-            ("train samples/s", "samples_per_s", "{:.2f}"),
-            ("end-to-end wall (s)", "wall_s", "{:.1f}"),
-        ]
-        print_table(runs, rows, columns)
+        rows = [("start-up to step 1 (s)", "startup_s", "{:.0f}"), ("train samples/s", "samples_per_s", "{:.2f}")]
+        print_table(runs, [*footprint, *rows, wall], columns)
     if predictions:
         print(
             f"\n== prediction (--do_predict, generation of 8 tokens, batches of 16): {args.size} T5, Trainer script, "
             f"test set 1x = {args.predict_documents:,} documents, 10x = {10 * args.predict_documents:,}; stream "
             f"windows of {args.predict_window}; {machine} =="
         )
-        rows = [
-            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
-            ("datasets cache written (MB)", "cache_mb", "{:.1f}"),
-            ("predictions/s", "samples_per_s", "{:.2f}"),
-            ("end-to-end wall (s)", "wall_s", "{:.1f}"),
-        ]
-        print_table(predictions, rows, columns)
+        print_table(predictions, [*footprint, ("predictions/s", "samples_per_s", "{:.2f}"), wall], columns)
     if resume:
         times = resume["times"]
         print(
