@@ -39,6 +39,7 @@ def test_bleu_and_chrf_are_sacrebleus_corpus_scores():
     assert scores["bleu"] == round(sacrebleu.corpus_bleu(predictions, [references]).score, 4)
     assert scores["chrf"] == round(sacrebleu.corpus_chrf(predictions, [references]).score, 4)
     assert 0 < scores["bleu"] < 100 and set(scores) == {"bleu", "chrf", "gen_len"}
+    assert "hello" not in repr(vars(scorer))  # statistics added up, no sentence kept (flat memory)
     perfect = TranslationScorer()
     perfect.add(references, references)
     assert perfect.scores() == {"bleu": 100.0, "chrf": 100.0}

@@ -229,16 +229,17 @@ class DataArguments:
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "Read the training data as a stream, never loading or caching it whole (corpora larger than "
-            "memory or disk; --train_file may be a glob of shards). Needs a number of steps (--max_steps, or "
-            "--max_train_steps for the Accelerate script); a checkpoint resumes mid-stream."
+            "help": "Read the data as streams, never loading or caching a split whole (corpora and test sets larger "
+            "than memory or disk; each --*_file may be a glob of shards). Training needs a number of steps "
+            "(--max_steps, or --max_train_steps for the Accelerate script); a checkpoint resumes mid-stream; "
+            "evaluation and prediction read their split window by window."
         },
     )
     shuffle_buffer_size: int = field(
         default=10_000,
         metadata={
             "help": "--streaming: examples read, tokenized and shuffled (length-grouped) together; a resume re-reads "
-            "at most one such block."
+            "at most one such block. Evaluation and prediction generate windows of this many (at most 2048)."
         },
     )
     skip_bad_rows: bool = field(
@@ -580,6 +581,13 @@ class LoopArguments(OutputArguments):
     save_total_limit: int | None = field(
         default=None, metadata={"help": "Keep at most this many checkpoints (the oldest are deleted)."}
     )
+    eval_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Also evaluate every N optimizer steps (besides after every epoch): with --streaming, a stream "
+            "being one long epoch, the way to evaluate during training."
+        },
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N optimizer steps."})
     do_predict: bool = field(
         default=False,
@@ -673,8 +681,9 @@ class LoopArguments(OutputArguments):
             self.check_at_least_one("max_train_steps")
         if self.global_batch_size is not None:
             self.check_at_least_one("global_batch_size")
-        if self.save_total_limit is not None:
-            self.check_at_least_one("save_total_limit")
+        for name in ("save_total_limit", "eval_steps"):
+            if getattr(self, name) is not None:
+                self.check_at_least_one(name)
         self.check_not_negative("num_warmup_steps", "learning_rate", "weight_decay", "max_grad_norm")
         if self.torch_compile_backend or self.torch_compile_mode:  # as the Trainer's arguments do
             self.torch_compile = True

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import datasets
 from datasets import DatasetDict
@@ -84,6 +84,7 @@ class RawData:
     summary_column: str
     source: str  # a short description for logs, reports and model cards
     train_corpus: Corpus | None = None  # --streaming: the train split, read as training goes (not in `splits`)
+    eval_corpora: dict | None = None  # --streaming: the validation and test splits' Corpus (not in `splits`)
 
 
 # --------------------------------------------------------------------------- files
@@ -517,8 +518,8 @@ def load_raw_data(
         )
     if data_args.dataset_name is not None and have_files:
         raise UserError("pass either --dataset_name or data files (--train_file/...), not both.")
-    if data_args.streaming and "train" in wanted:
-        return _with_streamed_train_split(data_args, model_args, wanted, needs)
+    if data_args.streaming:
+        return _streamed_splits(data_args, model_args, wanted, needs)
 
     if data_args.dataset_name is not None:
         loaded = _load_named_dataset(data_args, model_args)
@@ -575,81 +576,112 @@ def load_raw_data(
     return RawData(splits=splits, text_column=text_column, summary_column=summary_column, source=source)
 
 
-def _with_streamed_train_split(
+def _streamed_splits(
     data_args: DataArguments, model_args: ModelArguments, wanted: list[str], needs: dict[str, str] | None
 ) -> RawData:
-    """--streaming: the train split as a `Corpus` (checked from its first rows only), the others loaded as usual."""
+    """--streaming: every wanted split as a `Corpus` (checked from its first rows only), nothing loaded whole.
+
+    The train split is read endlessly (`streaming.TrainingStream`), the validation and test splits once per
+    evaluation (`streaming.EvaluationStream`), capped by --max_eval_samples / --max_predict_samples.
+    """
     task = task_of(data_args)
     if data_args.dataset_name is not None:
-        sources = [HubStream(_stream_named_dataset(data_args, model_args), data_args.dataset_name)]
-        where = f"data set {data_args.dataset_name!r} split 'train'"
+        streams = _stream_named_dataset(data_args, model_args, wanted, needs)
+        sources = {split: [HubStream(stream, data_args.dataset_name, split)] for split, stream in streams.items()}
+        where = {split: f"data set {data_args.dataset_name!r} split {split!r}" for split in streams}
         source = data_args.dataset_name + (
             f" ({data_args.dataset_config_name})" if data_args.dataset_config_name else ""
         )
-    elif data_args.train_file is not None:
-        paths = expand_train_files(data_args.train_file)
-        sources = [open_file(path) for path in paths]
-        where = paths[0]
-        source = os.path.basename(paths[0]) + (f" and {len(paths) - 1} more files" if len(paths) > 1 else "")
     else:
-        need = (needs or ANY_SCRIPT_SPLIT_NEEDS)["train"].format(trainer=task.trainer_script, loop=task.loop_script)
-        raise UserError(f"{need}. Fix: pass --train_file.")
-    columns = sources[0].columns()
-    text_column, summary_column = resolve_columns(columns, data_args, where)
-    for other in sources[1:]:  # every shard has the columns (its header, schema or first row: nothing more is read)
-        if not {text_column, summary_column} <= set(other.columns()):
+        sources, where, names = {}, {}, []
+        for split in wanted:
+            flag = SPLIT_FILE_FLAGS[split]
+            pattern = getattr(data_args, flag)
+            if pattern is None:
+                need = (needs or ANY_SCRIPT_SPLIT_NEEDS)[split].format(
+                    trainer=task.trainer_script, loop=task.loop_script
+                )
+                raise UserError(f"{need}. Fix: pass --{flag}.")
+            paths = expand_train_files(pattern, f"--{flag}")
+            sources[split], where[split] = [open_file(path) for path in paths], paths[0]
+            names.append(os.path.basename(paths[0]) + (f" and {len(paths) - 1} more files" if len(paths) > 1 else ""))
+        source = ", ".join(names)
+    if not sources:
+        raise UserError("nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
+    first = wanted[0]
+    text_column, summary_column = resolve_columns(sources[first][0].columns(), data_args, where[first])
+    for split, split_sources in sources.items():
+        # Every file has the columns (its header, schema or first row: nothing more is read).
+        for other in split_sources:
+            if other is not sources[first][0] and not {text_column, summary_column} <= set(other.columns()):
+                raise UserError(
+                    f"{getattr(other, 'path', where[split])} has the columns {', '.join(other.columns())}, not "
+                    f"{text_column!r} and {summary_column!r} as {where[first]}. Fix: give every split and every file "
+                    f"the same columns, or name them with {_column_flags(task)}."
+                )
+            if hasattr(other, "wanted"):  # Parquet: read only the two columns' top-level parents
+                other.wanted = sorted({text_column.split(".")[0], summary_column.split(".")[0]})
+    corpora = {
+        split: Corpus(
+            split_sources,
+            text_column,
+            summary_column,
+            cap=getattr(data_args, SPLIT_CAP_FLAGS[split]),
+            skip_bad_rows=data_args.skip_bad_rows,
+            words=task.column_words,
+            split=split,
+        )
+        for split, split_sources in sources.items()
+    }
+    for split in ("validation", "test"):  # one usable row, or stop now rather than after training
+        if split in corpora and not corpora[split].first_rows(1):
             raise UserError(
-                f"{other.path} has the columns {', '.join(other.columns())}, not {text_column!r} and "
-                f"{summary_column!r} as {where}. Fix: give every training file the same columns."
+                f"{where[split]} has no usable rows: every row has an empty {text_column!r} or {summary_column!r}. "
+                f"Fix: fill them in, or choose other columns with {_column_flags(task)}."
             )
-    for other in sources:
-        if hasattr(other, "wanted"):  # Parquet: read only the two columns' top-level parents
-            other.wanted = sorted({text_column.split(".")[0], summary_column.split(".")[0]})
-    corpus = Corpus(
-        sources,
+    return RawData(
+        DatasetDict(),
         text_column,
         summary_column,
-        cap=data_args.max_train_samples,
-        skip_bad_rows=data_args.skip_bad_rows,
-        words=task.column_words,
+        f"{source} (streamed)",
+        train_corpus=corpora.pop("train", None),
+        eval_corpora=corpora,
     )
-    others = [split for split in wanted if split != "train"]
-    if others:
-        raw = load_raw_data(replace(data_args, streaming=False), model_args, others, needs)
-        if (raw.text_column, raw.summary_column) != (text_column, summary_column):
-            raise UserError(
-                f"the training stream's columns are {text_column!r} and {summary_column!r}, the other splits' "
-                f"{raw.text_column!r} and {raw.summary_column!r}. Fix: give every split the same columns, or name "
-                f"them with {_column_flags(task)}."
-            )
-        raw.train_corpus, raw.source = corpus, f"{source} (streamed)"
-        return raw
-    return RawData(DatasetDict(), text_column, summary_column, f"{source} (streamed)", train_corpus=corpus)
 
 
-def _stream_named_dataset(data_args: DataArguments, model_args: ModelArguments):
+def _stream_named_dataset(
+    data_args: DataArguments, model_args: ModelArguments, wanted: list[str], needs: dict[str, str] | None
+) -> dict:
+    """The wanted splits of a hub data set (or a local data set folder) as datasets' streams."""
     name = data_args.dataset_name
     try:
-        return datasets.load_dataset(
-            name,
-            data_args.dataset_config_name,
-            split="train",
-            streaming=True,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
+        streams = datasets.load_dataset(
+            name, data_args.dataset_config_name, streaming=True, cache_dir=model_args.cache_dir, token=model_args.token
         )
     except FileNotFoundError as error:
         raise UserError(
             f"data set {name!r} was not found ({error}). Fix: check the name; offline (HF_HUB_OFFLINE=1), pass the "
-            f"path of a local data set folder, or use --train_file."
+            f"path of a local data set folder, or use --train_file/--validation_file/--test_file."
         ) from None
-    except ValueError as error:  # an unknown config, or no train split
+    except ValueError as error:  # an unknown config
         raise UserError(f"data set {name!r}: {error}") from None
     except Exception as error:  # network, auth: fixable by the user
         raise UserError(
             f"could not stream data set {name!r} ({type(error).__name__}: {error}). Fix: check the name, your "
             f"network and token, or pass local files."
         ) from None
+    if not isinstance(streams, dict):
+        streams = {"train": streams}
+    task = task_of(data_args)
+    for split in wanted:
+        if split not in streams:
+            need = (needs or ANY_SCRIPT_SPLIT_NEEDS)[split].format(trainer=task.trainer_script, loop=task.loop_script)
+            raise UserError(
+                f"{need}, and data set {name!r} has only the splits {', '.join(streams) or '(none)'}. Fix: choose a "
+                f"data set (or --dataset_config_name) with a {split} split, or pass every split as a file "
+                f"(--train_file, --{SPLIT_FILE_FLAGS[split]}, ...) instead of --dataset_name."
+            )
+    return {split: streams[split] for split in wanted}
 
 
 def _drop_empty_rows(dataset, text_column: str, summary_column: str, where: str, cap: int | None, task: Task):

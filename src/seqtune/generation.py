@@ -131,24 +131,58 @@ def generate_in_input_order(
         yield from restore_order(indices, list(generate_sorted(indices)))
 
 
-def predict_to_file(dataset, generate_window: Callable, output_dir: str, scorer: Scorer, on_cpu: bool) -> dict:
-    """Generate for every example of a tokenized `dataset` and stream generated_predictions.txt in
-    input order; return the predict_* metrics.
+def sorted_windows(source) -> Iterator[tuple[list[int], object]]:
+    """(indices longest first, the window's examples in that order) for each window of consecutive
+    examples of `source`: a tokenized data set, or a validation/test split read as a stream
+    (`seqtune.streaming.EvaluationStream`, whose windows are tokenized as they are read and held one
+    at a time). The examples come as a `datasets.Dataset`, for the recipes' loaders."""
+    if hasattr(source, "windows"):
+        from datasets import Dataset
 
-    `generate_window(subset, totals)` generates for `subset` (a length-sorted window of the
-    data set), adds its scores to `totals` (a GenerationTotals), and returns the decoded texts.
-    """
+        for window in source.windows():
+            lengths = [len(ids) for ids in window["input_ids"]]
+            indices = next(length_sorted_windows(lengths, window=len(lengths)))
+            yield indices, Dataset.from_dict(dict(window)).select(indices)
+        return
     from .batching import token_lengths
 
+    for indices in length_sorted_windows(token_lengths(source)):
+        yield indices, source.select(indices)
+
+
+def generate_in_windows(source, generate_window: Callable, totals: GenerationTotals) -> Iterator[str]:
+    """The decoded predictions of every example of `source` (see `sorted_windows`), in input order.
+
+    `generate_window(subset, totals)` generates for `subset` (a length-sorted window), adds its
+    scores to `totals` (a GenerationTotals), and returns the decoded texts (None: not generated).
+    """
+    for indices, subset in sorted_windows(source):
+        generated = generate_window(subset, totals)
+        if generated is not None:
+            yield from restore_order(indices, list(generated))
+
+
+def predict_to_file(source, generate_window: Callable, output_dir: str, scorer: Scorer, on_cpu: bool) -> dict:
+    """Generate for every example of `source` (a tokenized data set or a streamed split) and write
+    generated_predictions.txt in input order as they come; return the predict_* metrics."""
     if on_cpu:
         return_large_buffers_to_os()  # flat peak memory however many examples
     totals = GenerationTotals(scorer)
-    predictions = generate_in_input_order(
-        token_lengths(dataset), lambda indices: generate_window(dataset.select(indices), totals)
-    )
-    count = write_predictions(output_dir, predictions)  # every process generates; the main one writes
+    count = write_predictions(output_dir, generate_in_windows(source, generate_window, totals))  # main process
     logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
     return totals.metrics("predict")
+
+
+def evaluate_in_windows(
+    source, generate_window: Callable, scorer: Scorer, prefix: str, on_cpu: bool, loss_digits: int | None = 4
+) -> dict:
+    """The {prefix}_* metrics over every example of `source`, window by window (nothing kept but the totals)."""
+    if on_cpu:
+        return_large_buffers_to_os()
+    totals = GenerationTotals(scorer)
+    for _ in generate_in_windows(source, generate_window, totals):
+        pass
+    return totals.metrics(prefix, loss_digits)
 
 
 class GenerationTotals:
@@ -157,12 +191,16 @@ class GenerationTotals:
 
     def __init__(self, scorer: Scorer):
         self.scorer, self.losses, self.batches, self.started = scorer, [], 0, time.time()
+        self.unscored = 0  # examples whose loss alone was computed (the Trainer without --predict_with_generate)
 
-    def metrics(self, prefix: str) -> dict:
-        metrics = self.scorer.result()
-        metrics["loss"] = round(self.mean_loss(), 4)
+    def metrics(self, prefix: str, loss_digits: int | None = 4) -> dict:
+        """{prefix}_loss (rounded to `loss_digits`; None: as the Trainer's evaluate reports it, not rounded),
+        the scores, gen_len, runtime, speeds and samples."""
+        metrics = self.scorer.result() if self.scorer.count or not self.unscored else {}
+        loss = self.mean_loss()
+        metrics["loss"] = round(loss, loss_digits) if loss_digits is not None else loss
         runtime = time.time() - self.started
-        count = self.scorer.count
+        count = self.scorer.count + self.unscored
         metrics.update(
             runtime=round(runtime, 4),
             samples_per_second=round(count / max(runtime, 1e-9), 3),

@@ -100,28 +100,34 @@ class SummaryScorer(Scorer):
 
 
 class TranslationScorer(Scorer):
-    """sacreBLEU's corpus BLEU and chrF. Corpus scores need every sentence's statistics, so the
-    sentences are kept (a few hundred bytes each: flat enough for any evaluation set)."""
+    """sacreBLEU's corpus BLEU and chrF, from their sentence statistics (n-gram matches, lengths) added up
+    batch by batch: sacreBLEU sums the same statistics over the corpus, so the scores are its corpus scores,
+    and memory stays flat in the number of sentences."""
 
     names = ("bleu", "chrf")
 
     def __init__(self):
-        super().__init__()
-        self.predictions: list[str] = []
-        self.references: list[str] = []
-
-    def add_texts(self, predictions: list[str], references: list[str]) -> None:
-        self.predictions.extend(predictions)
-        self.references.extend(references)
-
-    def scores(self) -> dict[str, float]:
         import sacrebleu
 
-        if not self.predictions:
-            return {"bleu": 0.0, "chrf": 0.0}
+        super().__init__()
+        self.metrics = {"bleu": sacrebleu.BLEU(), "chrf": sacrebleu.CHRF()}
+        self.totals: dict[str, list[int] | None] = dict.fromkeys(self.metrics)
+
+    def add_texts(self, predictions: list[str], references: list[str]) -> None:
+        if not predictions:
+            return
+        for name, metric in self.metrics.items():
+            # The statistics corpus_score sums (sacrebleu.metrics.base.Metric), one list per sentence.
+            for sentence in metric._extract_corpus_statistics(predictions, [references]):
+                total = self.totals[name]
+                self.totals[name] = list(sentence) if total is None else [a + b for a, b in zip(total, sentence)]
+
+    def scores(self) -> dict[str, float]:
         return {
-            "bleu": round(sacrebleu.corpus_bleu(self.predictions, [self.references]).score, 4),
-            "chrf": round(sacrebleu.corpus_chrf(self.predictions, [self.references]).score, 4),
+            name: round(metric._compute_score_from_stats(self.totals[name]).score, 4)
+            if self.totals[name] is not None
+            else 0.0
+            for name, metric in self.metrics.items()
         }
 
 

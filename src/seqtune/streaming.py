@@ -1,4 +1,4 @@
-"""Training data read as a stream (--streaming): corpora larger than memory and disk.
+"""Data read as streams (--streaming): corpora and test sets larger than memory and disk.
 
 Nothing of the train split is loaded whole or written to a cache. The rows are read from
 the files (or a hub data set's stream) as training goes, cut into blocks of
@@ -15,6 +15,9 @@ Several processes: every process reads the same stream and Accelerate gives each
 every batch (`IterableDatasetShard`, with `dispatch_batches=False`), so each example is used
 once per pass across processes. The examples consumed are then steps x the global batch,
 which is how the recipes ask for the position to put in a checkpoint (`position_at`).
+
+The validation and test splits are read once per evaluation, in order (`EvaluationStream`), in
+windows that generation sorts by length and writes back in input order (seqtune.generation).
 
 Bad rows mid-stream (a broken JSON line, a CSV row with the wrong number of fields, a number
 where the text should be) stop the run with the same file/line message as the up-front
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 STREAM_POSITION_FILE = "stream_position.json"  # in a Trainer checkpoint: where the training stream resumes
 STREAMABLE_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 BAD_ROWS_LOGGED = 10  # --skip_bad_rows: rows named one by one in the log; the rest are counted
+RESULTS_PREFIX = {"train": "train", "validation": "eval", "test": "predict"}  # a split's keys in all_results.json
 
 
 # --------------------------------------------------------------------------- positions
@@ -247,8 +251,8 @@ class ParquetFile:
 class HubStream:
     """A hub data set (or a local data set folder) read with datasets' streaming; place = its state_dict."""
 
-    def __init__(self, dataset, name: str):
-        self.dataset, self.name = dataset, name
+    def __init__(self, dataset, name: str, split: str = "train"):
+        self.dataset, self.name, self.split = dataset, name, split
         self.count = 0
         # datasets starts every later iteration where load_state_dict last put it: a new pass loads this.
         self.beginning = dataset.state_dict()
@@ -265,14 +269,14 @@ class HubStream:
             return names
         for _, record in self.rows(None):
             return flat_columns(record)
-        raise UserError(f"data set {self.name!r} split 'train' holds no rows.")
+        raise UserError(f"data set {self.name!r} split {self.split!r} holds no rows.")
 
     def rows(self, place) -> Iterator[tuple[str, Any]]:
         self.dataset.load_state_dict(place["state"] if place is not None else self.beginning)
         self.count = place["count"] if place else 0
         for record in self.dataset:
             self.count += 1
-            yield f"data set {self.name!r} split 'train', example {self.count}", record
+            yield f"data set {self.name!r} split {self.split!r}, example {self.count}", record
 
 
 def flat_columns(record: dict) -> list[str]:
@@ -295,31 +299,32 @@ def column_value(record: dict, column: str):
 # --------------------------------------------------------------------------- the corpus
 
 
-def expand_train_files(pattern: str) -> list[str]:
-    """--train_file as a path or a glob ('shards/train-*.jsonl'), sorted; checked before anything is read."""
+def expand_train_files(pattern: str, flag: str = "--train_file") -> list[str]:
+    """--train_file (or --validation_file, --test_file: `flag`) as a path or a glob ('shards/train-*.jsonl'),
+    sorted; checked before anything is read."""
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
-        raise UserError(f"--train_file {pattern}: the pattern matches no file. Fix: check the path and the pattern.")
+        raise UserError(f"{flag} {pattern}: the pattern matches no file. Fix: check the path and the pattern.")
     for path in paths:
         if not os.path.isfile(path):
             raise UserError(
-                f"--train_file {path}: no such file. Fix: check the path (relative paths start at {os.getcwd()})."
+                f"{flag} {path}: no such file. Fix: check the path (relative paths start at {os.getcwd()})."
             )
         extension = os.path.splitext(path)[1].lower()
         if extension not in STREAMABLE_EXTENSIONS:
             raise UserError(
-                f"--train_file {path}: unsupported file type {extension or '(no extension)'!r}. "
+                f"{flag} {path}: unsupported file type {extension or '(no extension)'!r}. "
                 f"Fix: use one of {', '.join(STREAMABLE_EXTENSIONS)}."
             )
         if os.path.getsize(path) == 0:
-            raise UserError(f"--train_file {path} is empty. Fix: add examples to it, or leave it out of the pattern.")
+            raise UserError(f"{flag} {path} is empty. Fix: add examples to it, or leave it out of the pattern.")
         if extension == ".json":
             with open(path, "rb") as handle:
                 head = handle.read(64).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()
             if head.startswith(b"["):
                 raise UserError(
                     f"{path} is one JSON list: --streaming reads JSON Lines (one object per line). "
-                    f"Fix: write it as JSON Lines (.jsonl), or train without --streaming."
+                    f"Fix: write it as JSON Lines (.jsonl), or run without --streaming."
                 )
     return paths
 
@@ -355,9 +360,10 @@ class Corpus:
         cap: int | None = None,  # --max_train_samples: usable rows per pass
         skip_bad_rows: bool = False,
         words: tuple[str, str] = ("text", "summary"),
+        split: str = "train",  # "validation" and "test" are read once (EvaluationStream)
     ):
         self.sources, self.text_column, self.target_column = sources, text_column, target_column
-        self.cap, self.skip_bad_rows, self.words = cap, skip_bad_rows, words
+        self.cap, self.skip_bad_rows, self.words, self.split = cap, skip_bad_rows, words, split
         self.seed, self.shuffle = 0, True  # set by the TrainingStream that reads the corpus
         self.empty_rows = 0  # rows with an empty text or target, dropped (as in-memory data drops them)
         self.bad_rows = 0  # --skip_bad_rows: malformed rows skipped
@@ -390,6 +396,10 @@ class Corpus:
                     yield file_index, row
             self.current = (file_index + 1, None)
 
+    def first_rows(self, count: int) -> list[dict]:
+        """The first `count` usable rows ({text, target}) of the first pass (a few rows are read)."""
+        return [row for _, row in _take(self.rows_of_pass(StreamPosition()), count)]
+
     def _usable(self, where: str, record) -> dict | None:
         if isinstance(record, BadRow):
             return self._bad(str(record))
@@ -412,7 +422,10 @@ class Corpus:
         if self.bad_rows <= BAD_ROWS_LOGGED:
             logger.warning("Skipped a bad row (--skip_bad_rows): %s", message)
         elif self.bad_rows == BAD_ROWS_LOGGED + 1:
-            logger.warning("More bad rows skipped: counted, not named (train_bad_rows_skipped in the results).")
+            logger.warning(
+                "More bad rows skipped: counted, not named (%s_bad_rows_skipped in the results).",
+                RESULTS_PREFIX.get(self.split, self.split),
+            )
         return None
 
 
@@ -552,3 +565,48 @@ def _take(rows: Iterator, count: int) -> Iterator:
         if row is None:
             return
         yield row
+
+
+# --------------------------------------------------------------------------- evaluation and prediction
+
+
+class EvaluationStream:
+    """A validation or test split read as a stream (--streaming): one pass, in the files' order.
+
+    `windows()` yields the split's tokenized examples (model inputs as lists, as `encode` returns
+    them) in windows of `window` consecutive examples: generation sorts each window by length and
+    writes its predictions in input order (seqtune.generation), so memory holds one window, however
+    long the split. Every process reads the whole split and generates its share of each window.
+    The stream can be read any number of times (each evaluation reads it again from the start).
+    """
+
+    def __init__(self, corpus: Corpus, encode: Callable[[list[str], list[str]], dict], *, window: int):
+        self.corpus, self.encode, self.window = corpus, encode, window
+        self.examples = 0  # examples in the last complete reading
+
+    def windows(self) -> Iterator[dict]:
+        corpus, count = self.corpus, 0
+        corpus.empty_rows = corpus.bad_rows = 0  # counted afresh at each reading
+        rows = corpus.rows_of_pass(StreamPosition())
+        while True:
+            block = [row for _, row in _take(rows, self.window)]
+            if not block:
+                break
+            count += len(block)
+            yield self.encode([r["text"] for r in block], [r["target"] for r in block])
+        if not count:
+            text, target = corpus.words
+            raise UserError(
+                f"the {corpus.split} stream has no usable rows: every row has an empty {corpus.text_column!r} or "
+                f"{corpus.target_column!r} ({text} / {target}). Fix: fill them in, or choose other columns."
+            )
+        self.examples = count
+        if corpus.empty_rows or corpus.bad_rows:
+            logger.warning(
+                "The %s stream: %d examples; %d rows with an empty %s dropped%s.",
+                corpus.split,
+                count,
+                corpus.empty_rows,
+                " or ".join(corpus.words),
+                f", {corpus.bad_rows} bad rows skipped (--skip_bad_rows)" if corpus.skip_bad_rows else "",
+            )

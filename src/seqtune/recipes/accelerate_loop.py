@@ -2,8 +2,8 @@
 
 `main` reads top to bottom: set up (arguments, Accelerator, output dir, data, model: the
 shared core, as the Trainer recipe), build the run (data loaders, optimizer, schedule,
-resume), train (one epoch at a time, evaluating after each; a checkpoint every
---checkpointing_steps), save (final model, results, predictions), wrap up (report, card,
+resume), train (one epoch at a time, evaluating after each and every --eval_steps; a checkpoint
+every --checkpointing_steps), save (final model, results, predictions), wrap up (report, card,
 hub). The steps follow `main` in this file, in the order it calls them.
 
 It runs with plain `python`, `accelerate launch` and `torchrun` (one CPU, several GPUs,
@@ -46,7 +46,13 @@ from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_argu
 from ..batching import LengthGroupedSampler, accumulation_for, global_batch_size, token_lengths
 from ..data import build_collator
 from ..errors import UserError, exit_on_user_error
-from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
+from ..generation import (
+    GenerationTotals,
+    evaluate_in_windows,
+    generate_with_loss,
+    length_sorted,
+    predict_to_file,
+)
 from ..hub import HubPusher
 from ..metrics import decode_token_ids
 from ..outputs import arguments_as_dict
@@ -55,7 +61,7 @@ from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
 from ..sharding import loop_deepspeed_plugin, loop_fsdp
-from ..streaming import TrainingStream
+from ..streaming import EvaluationStream, TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
 from .common import (
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
         record_results(args.output_dir, split, metrics, results)
     if args.do_predict:
         logger.info("*** Predict ***")
-        metrics = predict(run, run.splits["test"], args)
+        metrics = predict(run, setup.eval_streams.get("test") or run.splits["test"], args)
         run.log.append({**metrics, "event": "predict", "step": run.state.completed_steps})
         record_results(args.output_dir, "predict", metrics, results)
     if run.tracking:
@@ -272,6 +278,7 @@ class LoopRun:
     log: RunLog
     generation: dict
     total_batch: int  # examples per optimizer step, all processes together
+    eval_batch_size: int  # --per_device_eval_batch_size
     steps_per_epoch: int
     max_train_steps: int
     num_train_epochs: int
@@ -279,6 +286,8 @@ class LoopRun:
     tracking: bool
     stream: TrainingStream | None = None  # --streaming: the training examples, read as training goes
     fsdp: bool = False  # --fsdp: the model is sharded with FSDP2 (seqtune.fsdp), its state saved with DCP
+    eval_stream: EvaluationStream | None = None  # --streaming: the validation split, read at each evaluation
+    last_evaluation: tuple[int, dict] | None = None  # (step, metrics) of the last evaluation
     steps_this_run: int = 0  # optimizer steps taken since this process started (for throughput)
 
 
@@ -295,6 +304,7 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     order = "random" if args.train_sampling_strategy == "random" else "group_by_length"
     stream = training_stream(setup, data_args, group_size=total_batch, seed=args.seed, order=order)
     train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch, stream)
+    eval_stream = setup.eval_streams.get("validation")  # --streaming: read window by window at each evaluation
     if args.fsdp:
         model = shard_for_fsdp(model, accelerator)
     optimizer = build_optimizer(model, args, accelerator.device)  # after sharding: on the shards
@@ -343,6 +353,7 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
         log=RunLog(args.output_dir),
         generation={k: v for k, v in generation_settings(data_args).items() if v is not None},
         total_batch=total_batch,
+        eval_batch_size=args.per_device_eval_batch_size,
         steps_per_epoch=steps_per_epoch,
         max_train_steps=max_train_steps,
         num_train_epochs=math.ceil(max_train_steps / steps_per_epoch),
@@ -351,6 +362,7 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
         tracking=_trackers(args) is not None,
         stream=stream,
         fsdp=args.fsdp,
+        eval_stream=eval_stream,
     )
 
 
@@ -372,8 +384,9 @@ def _model_inputs_only(dataset, model):
 
 def build_data_loaders(
     splits: dict, collator, args: LoopArguments, group_size: int, stream=None
-) -> tuple[DataLoader, DataLoader]:
-    """Training loader in length-grouped (or random) order, or over the stream; evaluation loader longest first.
+) -> tuple[DataLoader, DataLoader | None]:
+    """Training loader in length-grouped (or random) order, or over the stream; evaluation loader longest first
+    (None for a streamed validation split).
 
     Every loader has its own generator: the global RNG is left to dropout, so a resumed run
     draws the same random numbers as an uninterrupted one.
@@ -391,6 +404,8 @@ def build_data_loaders(
         generator=torch.Generator().manual_seed(args.seed),  # not the global RNG, even for a stream (see above)
         **order,
     )
+    if "validation" not in splits:  # --streaming: the validation split is read at each evaluation (`evaluate`)
+        return train_loader, None
     eval_loader = DataLoader(  # longest first, similar lengths together: less padding
         length_sorted(splits["validation"]),
         collate_fn=collator,
@@ -560,7 +575,8 @@ class StepTotals:
 
 
 def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
-    """Train up to --max_train_steps, evaluating after every epoch; return the last evaluation's metrics."""
+    """Train up to --max_train_steps, evaluating after every epoch (and every --eval_steps); return the last
+    evaluation's metrics."""
     bar = Progress(run.max_train_steps, "Training", unit="step", initial=run.state.completed_steps)
     totals = StepTotals(run.accelerator, run.state)
     eval_metrics: dict = {}
@@ -568,17 +584,28 @@ def train(run: LoopRun, args: LoopArguments, hub: HubPusher | None) -> dict:
         if run.state.completed_steps >= run.max_train_steps:
             break
         train_one_epoch(run, args, epoch, totals, bar, hub)
-        eval_metrics = evaluate(run)
-        scores = {f"eval_{name}" for name in run.task.scorer.names}
-        logger.info("epoch %d: %s", epoch, "  ".join(f"{k}={v}" for k, v in eval_metrics.items() if k in scores))
-        run.accelerator.log(eval_metrics, step=run.state.completed_steps)
-        run.log.append({**eval_metrics, "step": run.state.completed_steps})
+        eval_metrics = evaluate_and_log(run, epoch)
         if args.checkpointing_steps == "epoch":
             totals.flush()
             save_checkpoint(run, args, hub, f"{checkpoints.EPOCH_PREFIX}{epoch}")
     bar.close()
     totals.flush()
     return eval_metrics or evaluate(run)  # resumed from a checkpoint after the last step: evaluate once
+
+
+def evaluate_and_log(run: LoopRun, epoch: int) -> dict:
+    """Evaluate (once per step: the end of an epoch may also be an --eval_steps step) and log the metrics."""
+    step = run.state.completed_steps
+    if run.last_evaluation is not None and run.last_evaluation[0] == step:
+        return run.last_evaluation[1]
+    metrics = evaluate(run)
+    scores = {f"eval_{name}" for name in run.task.scorer.names}
+    scored = "  ".join(f"{k}={v}" for k, v in metrics.items() if k in scores)
+    logger.info("epoch %d: %s  (step %d)", epoch, scored, step)
+    run.accelerator.log(metrics, step=step)
+    run.log.append({**metrics, "step": step})
+    run.last_evaluation = (step, metrics)
+    return metrics
 
 
 def train_one_epoch(
@@ -645,7 +672,8 @@ def training_step(run: LoopRun, args: LoopArguments, batch: dict) -> torch.Tenso
 def log_and_checkpoint(
     run: LoopRun, args: LoopArguments, epoch: int, totals: StepTotals, bar: Progress, hub: HubPusher | None
 ) -> None:
-    """After an optimizer step: log the loss every --logging_steps, checkpoint every --checkpointing_steps."""
+    """After an optimizer step: log the loss every --logging_steps, evaluate every --eval_steps, checkpoint every
+    --checkpointing_steps."""
     step = run.state.completed_steps
     if step % args.logging_steps == 0 or step == run.max_train_steps:
         interval_loss = totals.flush()  # mean loss since the last log, as the Trainer logs it
@@ -657,6 +685,9 @@ def log_and_checkpoint(
         )
         run.accelerator.log({"train_loss": interval_loss, "learning_rate": learning_rate, "epoch": epoch}, step=step)
         run.log.append({"step": step, "epoch": epoch, "loss": interval_loss, "learning_rate": learning_rate})
+    if args.eval_steps and step % args.eval_steps == 0:  # before the checkpoint of the same step
+        evaluate_and_log(run, epoch)
+        run.model.train()
     if args.checkpoint_every and step % args.checkpoint_every == 0:
         totals.flush()  # the checkpoint holds every step's loss
         save_checkpoint(run, args, hub, f"{checkpoints.STEP_PREFIX}{step}")
@@ -714,29 +745,50 @@ def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progre
     return predictions
 
 
+def window_generator(run: LoopRun, batch_size: int, bar: Progress):
+    """generate_window(subset, totals) for seqtune.generation's windows: a prepared loader over `subset`."""
+
+    accelerator = run.accelerator
+
+    def generate_window(subset, totals: GenerationTotals) -> list[str]:
+        loader = DataLoader(subset, collate_fn=run.collator, batch_size=batch_size, generator=torch.Generator())
+        # Sharded over the processes as `prepare` does, but not kept: the Accelerator holds on to every loader
+        # it prepares (a window each: memory would grow with the test set) and saves their samplers in every
+        # checkpoint (an evaluation during training would change what a checkpoint holds).
+        prepared = accelerator.prepare_data_loader(loader)
+        accelerator._dataloaders.remove(prepared)
+        return generate_batches(run, prepared, totals, bar)
+
+    return generate_window
+
+
 def evaluate(run: LoopRun) -> dict:
     """eval_loss, the task's scores (eval_rouge*, eval_bleu, ...), eval_gen_len, runtimes, eval_samples and
-    epoch, over the (length-sorted) eval loader."""
-    totals = GenerationTotals(run.task.scorer())
-    bar = Progress(len(run.eval_loader), "Evaluating", unit="batch", leave=False)
-    generate_batches(run, run.eval_loader, totals, bar)
+    epoch, over the (length-sorted) eval loader, or the streamed validation split window by window."""
+    if run.eval_stream is not None:
+        bar = Progress(None, "Evaluating", unit="batch", leave=False)
+        on_cpu = run.accelerator.device.type == "cpu"
+        generate_window = window_generator(run, run.eval_batch_size, bar)
+        metrics = evaluate_in_windows(run.eval_stream, generate_window, run.task.scorer(), "eval", on_cpu)
+    else:
+        totals = GenerationTotals(run.task.scorer())
+        bar = Progress(len(run.eval_loader), "Evaluating", unit="batch", leave=False)
+        generate_batches(run, run.eval_loader, totals, bar)
+        metrics = totals.metrics("eval")
     bar.close()
-    metrics = totals.metrics("eval")
     metrics["epoch"] = round(run.state.completed_steps / run.steps_per_epoch, 4)
     return metrics
 
 
-def predict(run: LoopRun, dataset, args: LoopArguments) -> dict:
-    """predict_* metrics; generated_predictions.txt streamed in input order (seqtune.generation)."""
+def predict(run: LoopRun, source, args: LoopArguments) -> dict:
+    """predict_* metrics; generated_predictions.txt written in input order as generated (seqtune.generation).
+    `source`: the tokenized test split, or (--streaming) its EvaluationStream."""
     accelerator, batch_size = run.accelerator, args.per_device_eval_batch_size
-    bar = Progress(math.ceil(len(dataset) / (batch_size * accelerator.num_processes)), "Predicting", unit="batch")
-
-    def generate_window(subset, totals: GenerationTotals) -> list[str]:
-        loader = DataLoader(subset, collate_fn=run.collator, batch_size=batch_size, generator=torch.Generator())
-        return generate_batches(run, accelerator.prepare(loader), totals, bar)
-
+    total = math.ceil(len(source) / (batch_size * accelerator.num_processes)) if hasattr(source, "__len__") else None
+    bar = Progress(total, "Predicting", unit="batch")
     on_cpu = accelerator.device.type == "cpu"
-    metrics = predict_to_file(dataset, generate_window, args.output_dir, run.task.scorer(), on_cpu=on_cpu)
+    generate_window = window_generator(run, batch_size, bar)
+    metrics = predict_to_file(source, generate_window, args.output_dir, run.task.scorer(), on_cpu=on_cpu)
     bar.close()
     return metrics
 

@@ -13,7 +13,7 @@ import inspect
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import set_seed
@@ -23,6 +23,7 @@ from ..arguments import DataArguments, LoopArguments, ModelArguments
 from ..card import write_model_card
 from ..data import RawData, load_raw_data, split_needs, text_encoder, tokenize_splits, wanted_splits
 from ..errors import UserError
+from ..generation import PREDICTION_WINDOW
 from ..modeling import load_model_and_tokenizer, remember_task_settings
 from ..outputs import (
     log_metrics,
@@ -34,9 +35,9 @@ from ..outputs import (
     write_results,
 )
 from ..progress import configure_library_progress, phase
-from ..report import build_report_at_end, save_report_examples
+from ..report import REPORT_EXAMPLES, build_report_at_end, save_report_examples
 from ..runtime import close_process_group
-from ..streaming import TrainingStream
+from ..streaming import EvaluationStream, TrainingStream
 from ..tasks import TRANSLATION, task_of
 from ..xla import log_compilations, on_xla, prepare_for_xla
 
@@ -53,6 +54,8 @@ class RunSetup:
     model: Any
     tokenized: Any  # DatasetDict of the wanted splits, tokenized
     tokenize_runtime: float = 0.0  # seconds spent tokenizing (or reading datasets' cache)
+    # --streaming: the validation and test splits, read and tokenized window by window at each evaluation
+    eval_streams: dict = field(default_factory=dict)
 
 
 def set_up_run(
@@ -90,7 +93,7 @@ def set_up_run(
     remember_task_settings(model, data_args)  # saved with the model for `seqtune summarize`
     prepare_for_xla(data_args, model)  # TPUs: static shapes (padding, fixed-size generation); no-op elsewhere
     mark_run_started(output_dir, command, [model_args, data_args, run_args])  # secrets redacted
-    save_report_examples(output_dir, raw.splits.get("test"), raw.text_column, raw.summary_column)
+    save_report_examples(output_dir, report_rows(raw), raw.text_column, raw.summary_column)
     started = time.time()
     tokenized = tokenize_splits(raw, tokenizer, data_args, main_process_first)
     return RunSetup(
@@ -100,6 +103,20 @@ def set_up_run(
         model=model,
         tokenized=tokenized,
         tokenize_runtime=round(time.time() - started, 4),
+        eval_streams=evaluation_streams(raw, tokenizer, model, data_args),
+    )
+
+
+def report_rows(raw: RawData):
+    """The test split's first rows for the report (a streamed test split: its first few rows, read now)."""
+    corpus = (raw.eval_corpora or {}).get("test")
+    if corpus is None:
+        return raw.splits.get("test")
+    from datasets import Dataset
+
+    rows = corpus.first_rows(REPORT_EXAMPLES)
+    return Dataset.from_dict(
+        {raw.text_column: [r["text"] for r in rows], raw.summary_column: [r["target"] for r in rows]}
     )
 
 
@@ -140,20 +157,37 @@ def _is_epoch(run_args, name: str) -> bool:
     return str(getattr(getattr(run_args, name), "value", getattr(run_args, name))) == "epoch"
 
 
+def model_input_encoder(tokenizer, model, data_args: DataArguments, max_target_length: int):
+    """encode(texts, targets) -> the model's inputs only (as lists), for the examples of a stream."""
+    encode = text_encoder(tokenizer, data_args, max_target_length)
+    accepted = set(inspect.signature(model.forward).parameters)
+
+    def model_inputs(texts: list[str], targets: list[str]) -> dict:
+        return {key: values for key, values in encode(texts, targets).items() if key in accepted}
+
+    return model_inputs
+
+
 def training_stream(setup: RunSetup, data_args: DataArguments, *, group_size: int, seed: int, order: str):
     """--streaming: the endless, tokenized training examples (model inputs only); None for in-memory data."""
     corpus = setup.raw.train_corpus
     if corpus is None:
         return None
-    encode = text_encoder(setup.tokenizer, data_args, data_args.max_target_length)
-    accepted = set(inspect.signature(setup.model.forward).parameters)
-
-    def model_inputs(texts: list[str], targets: list[str]) -> dict:
-        return {key: values for key, values in encode(texts, targets).items() if key in accepted}
-
+    encode = model_input_encoder(setup.tokenizer, setup.model, data_args, data_args.max_target_length)
     return TrainingStream(
-        corpus, model_inputs, block_size=data_args.shuffle_buffer_size, group_size=group_size, seed=seed, order=order
+        corpus, encode, block_size=data_args.shuffle_buffer_size, group_size=group_size, seed=seed, order=order
     )
+
+
+def evaluation_streams(raw: RawData, tokenizer, model, data_args: DataArguments) -> dict:
+    """--streaming: {"validation": EvaluationStream, "test": ...} for the wanted splits (empty in memory).
+
+    A window holds --shuffle_buffer_size examples, at most seqtune.generation.PREDICTION_WINDOW."""
+    encode = model_input_encoder(tokenizer, model, data_args, data_args.val_max_target_length)
+    window = min(data_args.shuffle_buffer_size, PREDICTION_WINDOW)
+    return {
+        split: EvaluationStream(corpus, encode, window=window) for split, corpus in (raw.eval_corpora or {}).items()
+    }
 
 
 def stream_metrics(stream: TrainingStream | None) -> dict:

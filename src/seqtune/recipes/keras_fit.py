@@ -29,7 +29,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..arguments import KerasArguments, ModelArguments, parse_arguments  # noqa: E402
-from ..batching import token_lengths  # noqa: E402
 from ..checkpoints import (  # noqa: E402
     check_same_model,
     checkpoint_name,
@@ -39,10 +38,10 @@ from ..checkpoints import (  # noqa: E402
     staging_path,
 )
 from ..errors import UserError, exit_on_user_error  # noqa: E402
-from ..generation import GenerationTotals, generate_in_input_order  # noqa: E402
+from ..generation import evaluate_in_windows, predict_to_file  # noqa: E402
 from ..hub import HubPusher  # noqa: E402
 from ..metrics import decode_token_ids  # noqa: E402
-from ..outputs import PREDICTIONS_FILE, save_final_model, write_predictions  # noqa: E402
+from ..outputs import save_final_model  # noqa: E402
 from ..report import RunLog  # noqa: E402
 from ..runtime import setup_logging  # noqa: E402
 from ..tasks import SUMMARIZATION, Task, task_of  # noqa: E402
@@ -456,22 +455,22 @@ def restore_checkpoint(trainer, checkpoint: str) -> int:
 
 
 def generate_and_score(model, tokenizer, dataset, args, generation: dict, scorer, prefix: str, output_dir=None):
-    """Generate for every example (XLA-compiled generate, batches of similar length), score against the
-    references, and with `output_dir` write generated_predictions.txt in input order as it goes."""
+    """Generate for every example (XLA-compiled generate, windows sorted by length), score against the
+    references, and with `output_dir` write generated_predictions.txt in input order as it goes: the
+    PyTorch recipes' windows and totals (seqtune.generation), with TensorFlow's generate."""
     generation = {key: value for key, value in generation.items() if value is not None}
     # XLA compiles generate once per input shape (seconds), then runs it ~100x faster than eagerly: every
     # batch is padded to GENERATION_BUCKET tokens and a full batch, so a whole evaluation compiles a few shapes.
     generate = tf.function(model.generate, jit_compile=True)
     losses = tf.function(lambda batch: _example_losses(model, batch), reduce_retracing=True)
     collate = collator(tokenizer, pad_to_max_length=False, multiple=GENERATION_BUCKET)
-    totals = GenerationTotals(scorer)
     batch_size = args.per_device_eval_batch_size
 
-    def generate_sorted(indices: list[int]):
+    def generate_window(subset, totals) -> list[str]:
         texts = []
-        for start in range(0, len(indices), batch_size):
-            chosen = indices[start : start + batch_size]
-            batch = collate(rows(dataset, chosen + chosen[:1] * (batch_size - len(chosen))))  # a full batch
+        for start in range(0, len(subset), batch_size):
+            chosen = list(range(start, min(start + batch_size, len(subset))))
+            batch = collate(rows(subset, chosen + chosen[:1] * (batch_size - len(chosen))))  # a full batch
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             generated = generate(**inputs, **generation).numpy()[: len(chosen)]
             batch = {name: values[: len(chosen)] for name, values in batch.items()}
@@ -484,14 +483,10 @@ def generate_and_score(model, tokenizer, dataset, args, generation: dict, scorer
             texts.extend(decoded)
         return texts
 
-    predictions = generate_in_input_order(token_lengths(dataset), generate_sorted)
+    on_cpu = not tf.config.list_physical_devices("GPU")
     if output_dir is None:
-        for _ in predictions:
-            pass
-    else:
-        count = write_predictions(output_dir, predictions)
-        logger.info("Wrote %d predictions to %s.", count, os.path.join(output_dir, PREDICTIONS_FILE))
-    return totals.metrics(prefix)
+        return evaluate_in_windows(dataset, generate_window, scorer, prefix, on_cpu)
+    return predict_to_file(dataset, generate_window, output_dir, scorer, on_cpu)
 
 
 def _example_losses(model, batch):

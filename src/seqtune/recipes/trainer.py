@@ -22,7 +22,13 @@ from ..arguments import DataArguments, ModelArguments, TrainerArguments, changed
 from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
 from ..data import build_collator
 from ..errors import exit_on_user_error
-from ..generation import GenerationTotals, generate_with_loss, length_sorted, predict_to_file
+from ..generation import (
+    GenerationTotals,
+    evaluate_in_windows,
+    generate_with_loss,
+    length_sorted,
+    predict_to_file,
+)
 from ..hub import HubPusher
 from ..losses import example_loss_sums, mean_token_loss, token_summed_loss
 from ..metrics import Scorer, SummaryScorer, decode_token_ids, score_generated
@@ -127,28 +133,64 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     # --- prediction: windows of input order, sorted by length inside, written as they come ----
     last_example_losses: list | None = None
 
-    def predict_to_file(self, dataset, tokenizer, output_dir: str) -> dict:
-        """Generate for every example of `dataset`, stream generated_predictions.txt in input order,
-        and return the predict_* metrics; memory stays flat in the number of examples."""
+    def predict_to_file(self, source, output_dir: str) -> dict:
+        """Generate for every example of `source` (a tokenized data set or, with --streaming, the test split's
+        EvaluationStream), write generated_predictions.txt in input order as they come, and return the
+        predict_* metrics; memory stays flat in the number of examples."""
+        return self._in_windows(
+            lambda generate_window, scorer, on_cpu: predict_to_file(source, generate_window, output_dir, scorer, on_cpu)
+        )
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        """A streamed split (--streaming) is evaluated window by window, its totals logged as the Trainer logs
+        an evaluation (at every evaluation point during training, too); data sets as transformers does."""
+        source = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not hasattr(source, "windows"):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
+        metrics = self.evaluate_in_windows(source, metric_key_prefix)
+        self.log(metrics)  # adds the epoch, as for a data set
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def evaluate_in_windows(self, source, prefix: str) -> dict:
+        """The {prefix}_* metrics of `source` (see `predict_to_file`), no predictions written; the loss not
+        rounded and the model's preparation time, as transformers' evaluate and predict report them."""
+        metrics = self._in_windows(
+            lambda generate_window, scorer, on_cpu: evaluate_in_windows(
+                source, generate_window, scorer, prefix, on_cpu, loss_digits=None
+            )
+        )
+        if hasattr(self, "model_preparation_time"):  # the model was prepared for evaluation (no training before)
+            metrics[f"{prefix}_model_preparation_time"] = self.model_preparation_time
+        return metrics
+
+    def _in_windows(self, run) -> dict:
+        """`run(generate_window, scorer, on_cpu)` with the Trainer predicting each window (without
+        --predict_with_generate: the loss only), scored across windows."""
+        tokenizer = self.processing_class
         per_batch = self.args.per_device_eval_batch_size * self.args.world_size
 
-        def generate_window(subset, totals: GenerationTotals) -> list[str]:
+        def generate_window(subset, totals: GenerationTotals) -> list[str] | None:
             output = self.predict(subset, metric_key_prefix="predict")
+            totals.losses.extend(self.last_example_losses or [])
+            totals.batches += -(-len(subset) // per_batch)
+            if output.predictions is None:  # no --predict_with_generate: the loss only
+                totals.unscored += len(subset)
+                return None
             generated = decode_token_ids(output.predictions, tokenizer)
             totals.scorer.add(
                 generated, decode_token_ids(output.label_ids, tokenizer), output.predictions, tokenizer.pad_token_id
             )
-            totals.losses.extend(self.last_example_losses or [])
-            totals.batches += -(-len(subset) // per_batch)
             return generated
 
         compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
+        loss_only = self.args.prediction_loss_only
+        self.args.prediction_loss_only = loss_only or not self.args.predict_with_generate  # no logits kept
         try:
-            return predict_to_file(
-                dataset, generate_window, output_dir, self.scorer(), on_cpu=self.args.device.type == "cpu"
-            )
+            return run(generate_window, self.scorer(), self.args.device.type == "cpu")
         finally:
             self.compute_metrics = compute_metrics
+            self.args.prediction_loss_only = loss_only
 
     # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -312,12 +354,17 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     if training_args.do_eval:
         logger.info("*** Evaluate ***")
         metrics = trainer.evaluate(metric_key_prefix="eval")
-        record_results(output_dir, "eval", dict(metrics, eval_samples=len(tokenized["validation"])), results)
+        if "validation" in tokenized:  # a streamed split counts its examples itself
+            metrics = dict(metrics, eval_samples=len(tokenized["validation"]))
+        record_results(output_dir, "eval", metrics, results)
     if training_args.do_predict:
         logger.info("*** Predict ***")
         trainer.progress_callback.label = "Predicting"
+        test = setup.eval_streams.get("test") or tokenized["test"]
         if training_args.predict_with_generate:
-            metrics = trainer.predict_to_file(tokenized["test"], setup.tokenizer, output_dir)
+            metrics = trainer.predict_to_file(test, output_dir)
+        elif "test" in setup.eval_streams:
+            metrics = trainer.evaluate_in_windows(test, "predict")
         else:
             prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
             metrics = dict(prediction.metrics, predict_samples=len(tokenized["test"]))
@@ -383,8 +430,11 @@ def build_trainer(
         model=model,
         args=training_args,
         train_dataset=stream if stream is not None else tokenized.get("train"),
-        # Evaluation longest first, similar lengths together: less padding (metrics do not depend on order).
-        eval_dataset=length_sorted(tokenized["validation"]) if "validation" in tokenized else None,
+        # Evaluation longest first, similar lengths together: less padding (metrics do not depend on order);
+        # a streamed validation split (--streaming) sorts each window as it reads it (`evaluate`).
+        eval_dataset=length_sorted(tokenized["validation"])
+        if "validation" in tokenized
+        else setup.eval_streams.get("validation"),
         processing_class=tokenizer,
         data_collator=build_collator(tokenizer, model, data_args, pad_multiple),
         compute_metrics=build_compute_metrics(tokenizer, scorer) if training_args.predict_with_generate else None,
