@@ -183,6 +183,8 @@ def evaluation_streams(raw: RawData, tokenizer, model, data_args: DataArguments)
     """--streaming: {"validation": EvaluationStream, "test": ...} for the wanted splits (empty in memory).
 
     A window holds --shuffle_buffer_size examples, at most seqtune.generation.PREDICTION_WINDOW."""
+    if not raw.eval_corpora:
+        return {}
     encode = model_input_encoder(tokenizer, model, data_args, data_args.val_max_target_length)
     window = min(data_args.shuffle_buffer_size, PREDICTION_WINDOW)
     return {
