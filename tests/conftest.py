@@ -151,6 +151,7 @@ def run_script(
     """
     command = (launcher or [sys.executable]) + [script] + [str(a) for a in args]
     full_env = dict(os.environ)
+    full_env.setdefault("PYTHONFAULTHANDLER", "1")  # a crash in native code (SIGSEGV) prints the Python stack
     full_env.update(env or {})
     try:
         result = subprocess.run(command, capture_output=True, timeout=timeout, env=full_env, cwd=cwd)

@@ -19,7 +19,8 @@ seqtune shards the model itself, the same way on CPUs (gloo) and GPUs (nccl):
   memory as they come; the other processes get {}), for `save_pretrained`.
 - `prepare_for_generation`: evaluation runs the encoder outside the model's forward (one encoder pass
   for loss and `generate`), so the whole-model group (embeddings) is gathered first; generation keeps
-  every process stepping until all are done (`synced_gpus`), as each step gathers the blocks.
+  every process stepping until all are done (`synced_gpus`), as each step gathers the blocks;
+  `end_generation` frees that group again.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def local_numel(model) -> int:
 
 def prepare_for_generation(model) -> None:
     """Gather the whole-model group (embeddings, final norms): the encoder is called outside the model's
-    forward in evaluation, where FSDP would not gather them. The next training backward reshards them.
+    forward in evaluation, where FSDP would not gather them; `end_generation` frees them again.
 
     FSDP2 makes the first module to run forward its root: when evaluation comes first (a run resumed at its
     last step), the encoder's first block would take that role and the model's forward then fails ("FSDP
@@ -96,6 +97,13 @@ def prepare_for_generation(model) -> None:
     a training step ran; torch has no public call for it)."""
     model._get_fsdp_state()._lazy_init()
     model.unshard()
+
+
+def end_generation(model) -> None:
+    """Free the whole-model group gathered by `prepare_for_generation`: the final gather of the weights
+    (`full_state_dict`) and a checkpoint (DCP) then start from the sharded state FSDP expects, as after a
+    training step."""
+    model.reshard()
 
 
 def _state_dict_options(**options):

@@ -720,11 +720,23 @@ def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progre
     One encoder pass per batch serves the loss and `generate`; each batch is decoded and scored
     as it comes, so memory stays flat in the number of examples.
     """
-    accelerator, tokenizer = run.accelerator, run.tokenizer
     run.model.eval()
-    unwrapped = accelerator.unwrap_model(run.model)
-    if run.fsdp:
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    if run.fsdp:  # the whole-model group gathered for the evaluation only
         fsdp.prepare_for_generation(unwrapped)
+    try:
+        predictions = _generate_and_score(run, unwrapped, loader, totals, bar)
+    finally:
+        if run.fsdp:
+            fsdp.end_generation(unwrapped)
+    if len(predictions) != len(loader.dataset):
+        raise RuntimeError(f"generation covered {len(predictions)} examples of {len(loader.dataset)}")
+    return predictions
+
+
+def _generate_and_score(run: LoopRun, unwrapped, loader, totals: GenerationTotals, bar: Progress) -> list[str]:
+    """generate_batches' loop: each batch generated, gathered across processes, decoded and scored."""
+    accelerator, tokenizer = run.accelerator, run.tokenizer
     predictions: list[str] = []
     for batch in loader:
         generated, loss = generate_with_loss(unwrapped, batch, run.generation)
@@ -740,8 +752,6 @@ def generate_batches(run: LoopRun, loader, totals: GenerationTotals, bar: Progre
         totals.batches += 1
         predictions.extend(decoded)
         bar.update(1)
-    if len(predictions) != len(loader.dataset):
-        raise RuntimeError(f"generation covered {len(predictions)} examples of {len(loader.dataset)}")
     return predictions
 
 
