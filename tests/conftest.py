@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -163,6 +164,17 @@ def run_script(
     result.stdout = result.stdout.decode("utf-8", "replace")
     result.stderr = result.stderr.decode("utf-8", "replace")
     return result
+
+
+def assert_summarizes(model_dir, tmp_path) -> None:
+    """`seqtune summarize --model MODEL_DIR` on one article: exit 0 and a summary (the saved model loads and
+    generates outside the run that wrote it)."""
+    text = tmp_path / "article.txt"
+    text.write_text("the city council approved the new budget on monday after a long debate .\n")
+    command = [sys.executable, "-m", "seqtune.cli", "summarize", "--model", str(model_dir), str(text)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[0])["summary"] is not None
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT, free_port, quick_args, run_script, torchrun
+from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT, assert_summarizes, free_port, quick_args, run_script, torchrun
 
 from seqtune.arguments import DataArguments, LoopArguments, ModelArguments, TrainerArguments, parse_arguments
 from seqtune.checkpoints import MANIFEST_NAME, incomplete_reason, list_checkpoints
@@ -27,7 +27,10 @@ ZERO2 = os.path.join(CONFIGS, "zero2.json")
 ZERO3 = os.path.join(CONFIGS, "zero3.json")
 DDP_TOLERANCE = 1e-6  # ZeRO-2 vs DDP, largest weight difference after 6 steps (measured: 0 to 2.4e-7, a few ulps)
 RESUME_TOLERANCE = 1e-6  # resumed vs uninterrupted ZeRO-2 run (measured: 0)
-ZERO3_TOLERANCE = 1e-5  # ZeRO-3 vs DDP after 4 steps (other reduction order, partitioned updates)
+# ZeRO-3 vs DDP after 4 steps: another reduction order and partitioned updates (measured up to 1.1e-5, which
+# Adam's division by sqrt(v) amplifies where a gradient is near 0); one wrong or missing step at lr 1e-3 moves
+# weights by ~1e-3.
+ZERO3_TOLERANCE = 5e-5
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
@@ -272,16 +275,7 @@ def test_zero3_trainer_matches_ddp_and_its_model_summarizes(deepspeed_op, roomy_
     ddp = tmp_path / "ddp"
     assert_ok(run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, ddp, "--max_steps", "4"), torchrun(2)))
     assert largest_difference(weights(ddp), saved) <= ZERO3_TOLERANCE
-    text = tmp_path / "article.txt"
-    text.write_text("the city council approved the new budget on monday after a long debate .\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "seqtune.cli", "summarize", "--model", str(out), str(text)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[0])["summary"] is not None
+    assert_summarizes(out, tmp_path)
 
 
 @pytest.mark.slow

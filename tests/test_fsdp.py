@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LOOP_SCRIPT, free_port, quick_args, run_script, torchrun
+from conftest import LOOP_SCRIPT, assert_summarizes, free_port, quick_args, run_script, torchrun
 
 from seqtune.arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
 from seqtune.checkpoints import MANIFEST_NAME, incomplete_reason, list_checkpoints
@@ -109,16 +109,7 @@ def test_fsdp_final_model_loads_gives_the_same_loss_and_summarizes(fsdp_six_step
         assert reloaded(**inputs, labels=labels).loss.item() == loss
     results = json.load(open(out / "eval_results.json"))
     assert abs(results["eval_loss"] - loss) < 0.5  # the trained model (the eval set's loss, not a fresh one's)
-    text = tmp_path / "article.txt"
-    text.write_text("the city council approved the new budget on monday after a long debate .\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "seqtune.cli", "summarize", "--model", str(out), str(text)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[0])["summary"] is not None
+    assert_summarizes(out, tmp_path)
 
 
 @pytest.mark.slow
