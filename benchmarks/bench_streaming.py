@@ -14,7 +14,8 @@ Three questions, each answered beside its baseline:
    K and after 10 K examples (it reads one block again, whatever K is), against reading one's way past
    the K examples seen, which is what a stream without positions (the Trainer with an IterableDataset)
    does. Each time is the best and the median of --resume_repeats; and, to tell the block read again
-   from K, the resume time at the middle of every block up to 10 K, beside that block's tokens.
+   from K, the resume time at the middle of every block up to 10 K, beside that block's tokens, and the
+   resumes at K and 10 K on a corpus of identical blocks (the same block read again: K alone differs).
 4. Prediction on a 10x larger test set: the Trainer script predicting (generation) for a test set of P
    and of 10 P documents, in memory and as a stream (--do_predict only): peak RSS, cache written,
    predictions per second.
@@ -142,12 +143,13 @@ def resume_times(config: dict, args) -> dict:
         model_inputs["labels"] = tokenizer(text_target=targets, max_length=32, truncation=True)["input_ids"]
         return model_inputs
 
-    def stream():
-        corpus = Corpus([JsonLinesFile(config["10x"])], "document", "summary")
+    def stream(path=config["10x"]):
+        corpus = Corpus([JsonLinesFile(path)], "document", "summary")
         return TrainingStream(corpus, encode, block_size=args.buffer, group_size=args.batch_size, seed=0)
 
     seen = {"K": args.resume_examples, "10 K": 10 * args.resume_examples}
     blocks = -(-max(seen.values()) // args.buffer)
+    same_blocks = same_block_times(stream, seen, blocks, config["10x"], args)
     middles = {block * args.buffer + args.buffer // 2: block for block in range(blocks)}
     reader, positions, block_positions, block_tokens = stream(), {}, {}, [0] * blocks
     for count, example in enumerate(reader, start=1):
@@ -181,7 +183,41 @@ def resume_times(config: dict, args) -> dict:
     for block in sorted(block_positions):
         walls, cpus = timed(3, resume_at, block_positions[block])
         sweep.append((block, block_tokens[block], min(walls), sorted(cpus)[1]))
-    return {"times": times, "sweep": sweep}
+    return {"times": times, "sweep": sweep, "same_blocks": same_blocks}
+
+
+def same_block_times(stream, seen: dict, blocks: int, corpus: str, args) -> dict:
+    """Resume after K and after 10 K on a corpus whose blocks all hold the same documents (its first block,
+    repeated): the block read again is then the same work at K and at 10 K, so what differs is K alone (on the
+    ordinary corpus the two blocks differ, and their tokenizing time with them). The resumes at K and 10 K
+    alternate, so a change in the machine's load falls on both."""
+    with open(corpus, encoding="utf-8") as handle:
+        first_block = [line for _, line in zip(range(args.buffer), handle)]
+    repeated = os.path.join(os.path.dirname(corpus), "same-blocks.jsonl")
+    with open(repeated, "w", encoding="utf-8") as handle:
+        handle.writelines(first_block * (blocks + 1))
+    reader, positions = stream(repeated), {}
+    for count, _ in enumerate(reader, start=1):
+        for label, wanted in seen.items():
+            if count == wanted:
+                positions[label] = reader.position_at(count)
+        if len(positions) == len(seen):
+            break
+
+    def resume_at(position) -> None:
+        resumed = stream(repeated)
+        resumed.resume(position)
+        next(iter(resumed))
+
+    walls: dict = {label: [] for label in seen}
+    cpus: dict = {label: [] for label in seen}
+    for _ in range(args.resume_repeats):
+        for label in seen:
+            wall, cpu = timed(1, resume_at, positions[label])
+            walls[label] += wall
+            cpus[label] += cpu
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return {label: (min(walls[label]), median(walls[label]), median(cpus[label])) for label in seen}
 
 
 def timed(repeats: int, work, *args) -> tuple[list[float], list[float]]:
@@ -280,6 +316,16 @@ def main() -> None:
             print(f"{'10 K / K, stream position' + (kind or ' (best)'):40}{ratio:>10.3f}")
         read_ratio = times["read past, after 10 K"] / times["read past, after K"]
         print(f"{'10 K / K, reading past':40}{read_ratio:>10.3f}")
+        same = resume["same_blocks"]
+        print(
+            f"\n== the same, on a corpus of identical blocks (the block read again is the same work at K and 10 K; "
+            f"{args.resume_repeats} alternating resumes) =="
+        )
+        print(f"{'':24}{'best wall s':>12}{'median wall s':>15}{'median CPU s':>14}")
+        for label, (best, median_wall, median_cpu) in same.items():
+            print(f"{'resume after ' + label:24}{best:>12.3f}{median_wall:>15.3f}{median_cpu:>14.3f}")
+        ratios = [same["10 K"][i] / same["K"][i] for i in range(3)]
+        print(f"{'10 K / K':24}{ratios[0]:>12.3f}{ratios[1]:>15.3f}{ratios[2]:>14.3f}")
         print(f"\n== resume in the middle of each block of {args.buffer} (of 3: best wall, median CPU) ==")
         print(f"{'block':>6}{'examples before':>17}{'tokens':>10}{'wall s':>10}{'CPU s':>10}{'CPU s/100K tokens':>19}")
         for block, tokens, wall, cpu in resume["sweep"]:
