@@ -74,6 +74,10 @@ def test_train_eval_predict_writes_every_output(t5_model, corpus_files, tmp_path
     assert read_json(out / "trainer_state.json")["global_step"] == 6
     card = (out / "README.md").read_text()
     assert t5_model in card and "train.jsonl" in card and "eval_rouge1" in card
+    # The model's own use_cache, not the Trainer's training value (False): loaders that read it from config.json
+    # (transformers 4, the TensorFlow script's XLA generate) need the cache.
+    for folder in (out, out / "checkpoint-3"):
+        assert read_json(folder / "config.json")["use_cache"] is True
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

@@ -160,7 +160,19 @@ def test_pytorch_trainer_output_round_trip(tiny_bart, files, tmp_path):
         "import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
         trainer_script,
         *flags(tiny_bart, files, pytorch_out, "--do_train", "--max_steps", "2", "--report_to", "none"),
+        *("--do_eval", "--predict_with_generate"),
     )
+    # Its evaluation in TF (XLA generate) scores what the Trainer's did, also from a folder saved as the Hugging
+    # Face Trainer script saves it: with the Trainer's training value use_cache: false (XLA generate then failed).
+    as_hf_saves_it = tmp_path / "as-hf-saves-it"
+    shutil.copytree(pytorch_out, as_hf_saves_it)
+    config = read_json(as_hf_saves_it / "config.json")
+    (as_hf_saves_it / "config.json").write_text(json.dumps({**config, "use_cache": False}))
+    tf_eval = tmp_path / "tf-eval"
+    assert_ok(run_tf(flags(str(as_hf_saves_it), files, tf_eval, "--do_eval")))
+    pytorch_scores, tf_scores = read_json(pytorch_out / "eval_results.json"), read_json(tf_eval / "eval_results.json")
+    assert tf_scores["eval_rouge1"] == pytest.approx(pytorch_scores["eval_rouge1"], abs=1e-3)
+    assert tf_scores["eval_loss"] == pytest.approx(pytorch_scores["eval_loss"], rel=1e-3)
     tf_out = tmp_path / "tf"
     assert_ok(run_tf(flags(str(pytorch_out), files, tf_out, "--do_train", "--max_steps", "2")))
     code = """

@@ -459,6 +459,9 @@ def generate_and_score(model, tokenizer, dataset, args, generation: dict, scorer
     references, and with `output_dir` write generated_predictions.txt in input order as it goes: the
     PyTorch recipes' windows and totals (seqtune.generation), with TensorFlow's generate."""
     generation = {key: value for key, value in generation.items() if value is not None}
+    # XLA generate needs the decoder's cache, which TF's models follow config.use_cache for: models saved by the
+    # Hugging Face Trainer script carry its training value there (use_cache: false).
+    model.config.use_cache = True
     # XLA compiles generate once per input shape (seconds), then runs it ~100x faster than eagerly: every
     # batch is padded to GENERATION_BUCKET tokens and a full batch, so a whole evaluation compiles a few shapes.
     generate = tf.function(model.generate, jit_compile=True)

@@ -66,6 +66,26 @@ class SeqtuneTrainer(Seq2SeqTrainer):
     length_sampler: LengthGroupedSampler | None = None  # the training order, told its epoch in _run_epoch
     global_batch: int = 1  # examples per optimizer step, all processes and accumulation (set by build_trainer)
 
+    def __init__(self, *args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        # transformers 5's Trainer sets config.use_cache to --use_cache (False unless given) for training:
+        # the model's own value, for the configs it saves (see save_model).
+        self.model_use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+        super().__init__(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Saved (checkpoints and final model) with the model's own config.use_cache, not the training value:
+        loaders that read it from config.json (transformers 4; the TensorFlow script's XLA generate, which then
+        fails for want of a cache) would otherwise generate without a cache."""
+        config = getattr(self.model, "config", None)
+        if config is None or self.model_use_cache is None:
+            return super().save_model(output_dir, _internal_call)
+        training_value, config.use_cache = config.use_cache, self.model_use_cache
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            config.use_cache = training_value
+
     # --- distributed evaluation: no padded duplicates --------------------------------------
     # Seq2SeqTrainer.evaluate/predict switch gathering to `accelerator.gather`, which keeps
     # the examples Accelerate repeats to give every process a full last batch: with 2
