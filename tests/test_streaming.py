@@ -320,7 +320,7 @@ def test_trainer_script_killed_mid_stream_of_a_hub_data_set_resumes(dropout_mode
 
 
 def test_torchrun_two_processes_stream_and_resume(t5_model, corpus_files, tmp_path, isolated_hf_home):
-    """2 processes x 2 per step with both scripts; the loop's run killed mid-stream ends on the weights of its
+    """2 processes x 2 per step with both scripts; each script's run killed mid-stream ends on the weights of its
     uninterrupted twin; the Trainer's 2-process run trains on what one process with batch 4 does."""
     train_glob = sharded_corpus(tmp_path, corpus_files)
     loop_flags = ["--per_device_train_batch_size", "2", "--max_train_steps", "10", "--checkpointing_steps", "4"]
@@ -358,6 +358,19 @@ def test_torchrun_two_processes_stream_and_resume(t5_model, corpus_files, tmp_pa
     assert read_json(two / "checkpoint-3" / "stream_position.json") == read_json(
         one / "checkpoint-3" / "stream_position.json"
     )
+    # The Trainer's 2-process run killed while publishing checkpoint-6: the rerun resumes mid-stream from
+    # checkpoint-3 on 2 processes and ends on the uninterrupted run's weights.
+    two_killed = tmp_path / "trainer-two-killed"
+    killed_args = stream_args(
+        t5_model, corpus_files, two_killed, train_glob, *trainer_flags, "--per_device_train_batch_size", "2"
+    )
+    result = run_script(str(killer), [TRAINER_SCRIPT, *killed_args], launcher=torchrun(2), env={"KILL_AT_STEP": "6"})
+    assert result.returncode != 0
+    assert [os.path.basename(c) for c in checkpoints.list_checkpoints(str(two_killed))] == ["checkpoint-3"]
+    result = run_script(TRAINER_SCRIPT, killed_args, launcher=torchrun(2))
+    assert_ok(result)
+    assert "Resuming the training stream: pass 0, block" in result.stderr
+    assert_same_weights(two, two_killed)
     # The same examples in every step: the same weights but for the order of floating-point sums.
     from test_train_loop import weights
 
