@@ -52,7 +52,73 @@ from .common import (
 logger = logging.getLogger(__name__)
 
 
-class SeqtuneTrainer(Seq2SeqTrainer):
+class WindowedEvaluation:
+    """Prediction and streamed evaluation for SeqtuneTrainer: windows of input order, sorted by length inside,
+    predictions written as they come and metrics added up across windows (seqtune.generation)."""
+
+    last_example_losses: list | None = None
+
+    def predict_to_file(self, source, output_dir: str) -> dict:
+        """Generate for every example of `source` (a tokenized data set or, with --streaming, the test split's
+        EvaluationStream), write generated_predictions.txt in input order as they come, and return the
+        predict_* metrics; memory stays flat in the number of examples."""
+        return self._in_windows(
+            lambda generate_window, scorer, on_cpu: predict_to_file(source, generate_window, output_dir, scorer, on_cpu)
+        )
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        """A streamed split (--streaming) is evaluated window by window, its totals logged as the Trainer logs
+        an evaluation (at every evaluation point during training, too); data sets as transformers does."""
+        source = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not hasattr(source, "windows"):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
+        metrics = self.evaluate_in_windows(source, metric_key_prefix)
+        self.log(metrics)  # adds the epoch, as for a data set
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def evaluate_in_windows(self, source, prefix: str) -> dict:
+        """The {prefix}_* metrics of `source` (see `predict_to_file`), no predictions written; the loss not
+        rounded and the model's preparation time, as transformers' evaluate and predict report them."""
+        metrics = self._in_windows(
+            lambda generate_window, scorer, on_cpu: evaluate_in_windows(
+                source, generate_window, scorer, prefix, on_cpu, loss_digits=None
+            )
+        )
+        if hasattr(self, "model_preparation_time"):  # the model was prepared for evaluation (no training before)
+            metrics[f"{prefix}_model_preparation_time"] = self.model_preparation_time
+        return metrics
+
+    def _in_windows(self, run) -> dict:
+        """`run(generate_window, scorer, on_cpu)` with the Trainer predicting each window (without
+        --predict_with_generate: the loss only), scored across windows."""
+        tokenizer = self.processing_class
+        per_batch = self.args.per_device_eval_batch_size * self.args.world_size
+
+        def generate_window(subset, totals: GenerationTotals) -> list[str] | None:
+            output = self.predict(subset, metric_key_prefix="predict")
+            totals.losses.extend(self.last_example_losses or [])
+            totals.batches += -(-len(subset) // per_batch)
+            if output.predictions is None:  # no --predict_with_generate: the loss only
+                totals.unscored += len(subset)
+                return None
+            generated = decode_token_ids(output.predictions, tokenizer)
+            totals.scorer.add(
+                generated, decode_token_ids(output.label_ids, tokenizer), output.predictions, tokenizer.pad_token_id
+            )
+            return generated
+
+        compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
+        loss_only = self.args.prediction_loss_only
+        self.args.prediction_loss_only = loss_only or not self.args.predict_with_generate  # no logits kept
+        try:
+            return run(generate_window, self.scorer(), self.args.device.type == "cpu")
+        finally:
+            self.compute_metrics = compute_metrics
+            self.args.prediction_loss_only = loss_only
+
+
+class SeqtuneTrainer(WindowedEvaluation, Seq2SeqTrainer):
     """Seq2SeqTrainer whose checkpoints appear only when complete (see `seqtune.checkpoints`),
     whose loss is the mean over every target token of the global batch (so 2 processes x 2
     train exactly like 1 process x 4), which stops at the first non-finite loss, and whose
@@ -149,68 +215,6 @@ class SeqtuneTrainer(Seq2SeqTrainer):
         from transformers.integrations.fsdp import is_fsdp_managed_module
 
         return not (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
-
-    # --- prediction: windows of input order, sorted by length inside, written as they come ----
-    last_example_losses: list | None = None
-
-    def predict_to_file(self, source, output_dir: str) -> dict:
-        """Generate for every example of `source` (a tokenized data set or, with --streaming, the test split's
-        EvaluationStream), write generated_predictions.txt in input order as they come, and return the
-        predict_* metrics; memory stays flat in the number of examples."""
-        return self._in_windows(
-            lambda generate_window, scorer, on_cpu: predict_to_file(source, generate_window, output_dir, scorer, on_cpu)
-        )
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
-        """A streamed split (--streaming) is evaluated window by window, its totals logged as the Trainer logs
-        an evaluation (at every evaluation point during training, too); data sets as transformers does."""
-        source = self.eval_dataset if eval_dataset is None else eval_dataset
-        if not hasattr(source, "windows"):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **gen_kwargs)
-        metrics = self.evaluate_in_windows(source, metric_key_prefix)
-        self.log(metrics)  # adds the epoch, as for a data set
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    def evaluate_in_windows(self, source, prefix: str) -> dict:
-        """The {prefix}_* metrics of `source` (see `predict_to_file`), no predictions written; the loss not
-        rounded and the model's preparation time, as transformers' evaluate and predict report them."""
-        metrics = self._in_windows(
-            lambda generate_window, scorer, on_cpu: evaluate_in_windows(
-                source, generate_window, scorer, prefix, on_cpu, loss_digits=None
-            )
-        )
-        if hasattr(self, "model_preparation_time"):  # the model was prepared for evaluation (no training before)
-            metrics[f"{prefix}_model_preparation_time"] = self.model_preparation_time
-        return metrics
-
-    def _in_windows(self, run) -> dict:
-        """`run(generate_window, scorer, on_cpu)` with the Trainer predicting each window (without
-        --predict_with_generate: the loss only), scored across windows."""
-        tokenizer = self.processing_class
-        per_batch = self.args.per_device_eval_batch_size * self.args.world_size
-
-        def generate_window(subset, totals: GenerationTotals) -> list[str] | None:
-            output = self.predict(subset, metric_key_prefix="predict")
-            totals.losses.extend(self.last_example_losses or [])
-            totals.batches += -(-len(subset) // per_batch)
-            if output.predictions is None:  # no --predict_with_generate: the loss only
-                totals.unscored += len(subset)
-                return None
-            generated = decode_token_ids(output.predictions, tokenizer)
-            totals.scorer.add(
-                generated, decode_token_ids(output.label_ids, tokenizer), output.predictions, tokenizer.pad_token_id
-            )
-            return generated
-
-        compute_metrics, self.compute_metrics = self.compute_metrics, None  # scored here, across windows
-        loss_only = self.args.prediction_loss_only
-        self.args.prediction_loss_only = loss_only or not self.args.predict_with_generate  # no logits kept
-        try:
-            return run(generate_window, self.scorer(), self.args.device.type == "cpu")
-        finally:
-            self.compute_metrics = compute_metrics
-            self.args.prediction_loss_only = loss_only
 
     # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
