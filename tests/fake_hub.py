@@ -279,3 +279,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._serve("POST")
+
+
+def hub_env(endpoint: str, tmp_path, hf_token: str = "", stored: str | None = None, offline: str = "0") -> dict:
+    """The environment of a script run against the fake hub at `endpoint`: its own HF_HOME under tmp_path
+    (with a stored login token if `stored`), the token in HF_TOKEN."""
+    home = tmp_path / "hf-home"
+    home.mkdir(exist_ok=True)
+    if stored is not None:
+        (home / "token").write_text(stored)  # what `hf auth login` leaves behind
+    return {
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": offline,
+        "HF_HOME": str(home),
+        "HF_DATASETS_CACHE": str(home / "datasets"),
+        "HF_TOKEN": hf_token,
+    }

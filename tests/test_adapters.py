@@ -412,13 +412,12 @@ def test_torchrun_two_processes_train_lora_like_one_with_both_scripts(tmp_path, 
 
 
 def test_push_to_hub_uploads_the_adapter_with_a_card_naming_the_base_model(t5_model, corpus_files, tmp_path):
-    from fake_hub import FakeHub, User
+    from fake_hub import FakeHub, User, hub_env
 
     token = "hf_seqtuneLoraWriteToken5Hx"
     hub = FakeHub({token: User("alice")}).start()
     try:
-        home = tmp_path / "hf-home"
-        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_TOKEN": token}
+        env = hub_env(hub.url, tmp_path, token)
         out = tmp_path / "out"
         args = quick_args(t5_model, corpus_files, out, "--do_train", "--max_steps", "2", "--save_steps", "2", *LORA)
         args += ["--merge_adapter", "--push_to_hub", "--hub_model_id", "lora-summarizer", "--hub_strategy", "end"]

@@ -16,7 +16,7 @@ import sys
 import pytest
 import yaml
 from conftest import LOOP_SCRIPT, REPO, TRAINER_SCRIPT, quick_args, run_script
-from fake_hub import FakeHub, User
+from fake_hub import FakeHub, User, hub_env
 
 from seqtune import __version__
 from seqtune.card import render_model_card
@@ -32,20 +32,6 @@ def fake_hub():
     hub = FakeHub({TOKEN: User("alice", orgs=("acme",)), READ_TOKEN: User("bob", role="read")}).start()
     yield hub
     hub.stop()
-
-
-def hub_env(endpoint: str, tmp_path, hf_token: str = "", stored: str | None = None, offline: str = "0") -> dict:
-    home = tmp_path / "hf-home"
-    home.mkdir(exist_ok=True)
-    if stored is not None:
-        (home / "token").write_text(stored)  # what `hf auth login` leaves behind
-    return {
-        "HF_ENDPOINT": endpoint,
-        "HF_HUB_OFFLINE": offline,
-        "HF_HOME": str(home),
-        "HF_DATASETS_CACHE": str(home / "datasets"),
-        "HF_TOKEN": hf_token,
-    }
 
 
 def train(t5_model, corpus_files, out, env, *extra):

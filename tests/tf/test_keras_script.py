@@ -376,13 +376,12 @@ def test_help_lists_the_flags():
 
 def test_push_to_hub_sends_checkpoints_and_the_final_model(tiny_t5, files, tmp_path):
     """--push_to_hub with --push_to_hub_model_id against the local fake hub (tests/fake_hub.py; loopback only)."""
-    from fake_hub import FakeHub, User
+    from fake_hub import FakeHub, User, hub_env
 
     token = "hf_seqtuneTensorFlowToken4Xy"
     hub = FakeHub({token: User("alice")}).start()
     try:
-        home = tmp_path / "hf-home"
-        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_TOKEN": token}
+        env = hub_env(hub.url, tmp_path, token)
         out = tmp_path / "out"
         extra = ("--do_train", "--max_steps", "4", "--save_steps", "2", "--push_to_hub")
         result = run_tf(flags(tiny_t5, files, out, *extra, "--push_to_hub_model_id", "tf-summarizer"), env=env)
