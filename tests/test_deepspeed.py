@@ -159,24 +159,6 @@ def test_bad_config_exits_2_with_one_line(tmp_path, t5_model, corpus_files):
     assert not out.exists()
 
 
-def test_trainer_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path, monkeypatch):
-    """The Trainer's --fsdp would be plain DDP on CPUs: refused, naming the Accelerate script's --fsdp
-    (seqtune's FSDP2, tests/test_fsdp.py) and ZeRO-3."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("FSDP runs on GPUs")
-    argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path / "out"), "--fsdp", "full_shard auto_wrap"]
-    with pytest.raises(
-        UserError,
-        match=r"--fsdp asks for FSDP.*silently.*DDP.*Fix: use the Accelerate script's --fsdp .*zero3\.json",
-    ):
-        parse_arguments((ModelArguments, DataArguments, TrainerArguments), argv)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp run_summarization.py
-    with pytest.raises(UserError, match=r"accelerate launch --use_fsdp asks for FSDP.*Accelerate script's --fsdp"):
-        parse_arguments((ModelArguments, DataArguments, TrainerArguments), argv[:4])
-
-
 # --------------------------------------------------------------------------- real runs (torchrun, 2 processes)
 
 

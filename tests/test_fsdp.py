@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LOOP_SCRIPT, assert_summarizes, free_port, quick_args, run_script, torchrun
+from conftest import LOOP_SCRIPT, TRAINER_SCRIPT, assert_summarizes, free_port, quick_args, run_script, torchrun
 
 from seqtune.arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
 from seqtune.checkpoints import MANIFEST_NAME, incomplete_reason, list_checkpoints
@@ -182,7 +182,7 @@ def test_resumed_on_another_number_of_processes_continues_the_run(
 
 
 def test_global_batch_size_must_divide_evenly(tmp_path):
-    from seqtune.recipes.accelerate_loop import apply_global_batch_size
+    from seqtune.batching import apply_global_batch_size
 
     argv = ["--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4", "--global_batch_size", "8"]
     args = parse_arguments((ModelArguments, DataArguments, LoopArguments), argv)[2]
@@ -249,3 +249,151 @@ def test_the_torture_checker_reads_fsdp_shards_and_sees_a_torn_one(fsdp_six_step
         handle.truncate(size // 2)
     problems = torture.checkpoint_problems(str(folder), 6)
     assert any("__1_0.distcp has" in p for p in problems) and any("fsdp does not load" in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------- the Trainer script's --fsdp on CPUs
+# transformers and accelerate would train it with plain DDP here: seqtune shards the model itself (FSDP2) and the
+# Trainer trains, checkpoints (DCP shards) and saves it (seqtune.recipes.trainer_fsdp).
+
+TRAINER_FSDP = ["--fsdp", "full_shard auto_wrap"]
+
+
+def trainer_args(t5_model, corpus_files, out, steps: int, *extra) -> list[str]:
+    flags = ["--do_train", "--do_eval", "--do_predict", "--predict_with_generate", "--max_steps", str(steps)]
+    return quick_args(t5_model, corpus_files, out, *STEPS, *flags, "--save_steps", "2", *extra)
+
+
+@pytest.fixture(scope="module")
+def trainer_fsdp_six_steps(t5_model, corpus_files, tmp_path_factory):
+    """The Trainer script with --fsdp, 6 steps on 2 processes, a checkpoint every 2; (output dir, its stderr)."""
+    out = tmp_path_factory.mktemp("trainer-fsdp") / "run"
+    result = run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 6, *TRAINER_FSDP), torchrun(2))
+    assert_ok(result)
+    return out, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trainer_ddp_six_steps(t5_model, corpus_files, tmp_path_factory):
+    """The same Trainer run with DDP (no --fsdp)."""
+    out = tmp_path_factory.mktemp("trainer-ddp") / "run"
+    assert_ok(run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 6), torchrun(2)))
+    return out
+
+
+def results(out, split: str) -> dict:
+    return json.load(open(os.path.join(str(out), f"{split}_results.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_trainer_fsdp_shards_on_cpus_and_trains_evaluates_and_predicts_as_ddp(
+    trainer_fsdp_six_steps, trainer_ddp_six_steps, tmp_path
+):
+    out, stderr = trainer_fsdp_six_steps
+    assert "seqtune shards the model itself (FSDP2" in stderr
+    found = re.search(r"holding ([\d,]+) \+ ([\d,]+) of its ([\d,]+) weights", stderr)
+    assert found, stderr[-3000:]
+    first, second, total = (int(number.replace(",", "")) for number in found.groups())
+    assert max(first, second) < 0.55 * total and first + second >= total
+    ddp = trainer_ddp_six_steps
+    assert largest_difference(weights(ddp), weights(out)) <= DDP_TOLERANCE
+    assert logged_losses(out) == pytest.approx(logged_losses(ddp), abs=1e-5)
+    # evaluation and prediction generate with the sharded model (the processes in step), each example once
+    for split in ("eval", "predict"):
+        mine, theirs = results(out, split), results(ddp, split)
+        assert mine[f"{split}_samples"] == theirs[f"{split}_samples"]
+        assert mine[f"{split}_loss"] == pytest.approx(theirs[f"{split}_loss"], abs=1e-4)
+        assert mine[f"{split}_rouge1"] == pytest.approx(theirs[f"{split}_rouge1"], abs=1e-6)
+    predictions = (out / "generated_predictions.txt").read_text().splitlines()
+    assert predictions == (ddp / "generated_predictions.txt").read_text().splitlines() and len(predictions) == 12
+    # checkpoints: both processes' DCP shards published in the manifest, no gathered model, the layout recorded
+    found = list_checkpoints(str(out))
+    assert [os.path.basename(c) for c in found] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    with open(os.path.join(found[-1], MANIFEST_NAME), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    assert {"fsdp/.metadata", "fsdp/__0_0.distcp", "fsdp/__1_0.distcp", "scheduler.pt"} <= set(manifest["files"])
+    assert "model.safetensors" not in manifest["files"] and "optimizer.pt" not in manifest["files"]
+    assert manifest["layout"] == {"processes": 2, "accumulation": 1, "global_batch": 8}
+    # the final model: an ordinary folder, saved with the model's own use_cache
+    assert json.load(open(out / "config.json"))["use_cache"] is True
+    assert_summarizes(out, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+def test_trainer_resumed_on_another_number_of_processes_continues_the_run(
+    sharding, trainer_fsdp_six_steps, trainer_ddp_six_steps, t5_model, corpus_files, tmp_path
+):
+    """Elastic resume of the Trainer script with --global_batch_size 8 (4 per process): FSDP checkpointed on 2
+    processes resumes on 1 (plain python: accumulation 2, the DCP shards resharded), DDP checkpointed on 1
+    resumes on 2; both end on the uninterrupted 2-process run's weights and loss curve."""
+    straight = trainer_fsdp_six_steps[0] if sharding == "fsdp" else trainer_ddp_six_steps
+    first, then = (torchrun(2), None) if sharding == "fsdp" else (None, torchrun(2))
+    extra = ["--global_batch_size", "8"] + (TRAINER_FSDP if sharding == "fsdp" else [])
+    out = tmp_path / "run"
+    assert_ok(run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 3, *extra), first))
+    result = run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 6, *extra), then)
+    assert_ok(result)
+    before, after = (2, 1) if sharding == "fsdp" else (1, 2)
+    if after == 1:
+        assert "--global_batch_size 8 on 1 process(es) of 4 examples: gradient accumulation set to 2" in result.stderr
+    assert (
+        f"written on {before} process(es) with {3 - before} accumulation step(s); this run has {after} and "
+        f"{3 - after}: resuming at step 3" in result.stderr
+    ), result.stderr[-3000:]
+    assert largest_difference(weights(out), weights(straight)) <= ELASTIC_TOLERANCE
+    assert logged_losses(out) == pytest.approx(logged_losses(straight), abs=ELASTIC_TOLERANCE)
+
+
+def test_trainer_fsdp_checkpoint_is_not_resumed_without_fsdp(trainer_fsdp_six_steps, t5_model, corpus_files, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trainer_fsdp_six_steps[0], out)
+    result = run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 8))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(r"checkpoint-6 was written with --fsdp, and this run is without it.*Fix: run with", result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_trainer_fsdp_requests_seqtune_cannot_honour_on_cpus_are_refused(tmp_path, monkeypatch):
+    """On CPUs the Trainer's --fsdp becomes seqtune's FSDP2 (transformers' own switched off, not silently DDP);
+    an option or --fsdp_config setting it does not do stops at start with one message."""
+    import torch
+
+    from seqtune.arguments import TrainerArguments
+
+    if torch.cuda.is_available():
+        pytest.skip("on GPUs transformers runs the Trainer's --fsdp")
+
+    def args(*extra):
+        argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path / "out"), *extra]
+        return parse_arguments((ModelArguments, DataArguments, TrainerArguments), argv)[2]
+
+    for flags in (
+        TRAINER_FSDP,
+        ["--fsdp", "full_shard"],
+        ["--fsdp_config", '{"transformer_layer_cls_to_wrap": "T5Block"}', *TRAINER_FSDP],
+    ):
+        parsed = args(*flags)
+        assert parsed.seqtune_fsdp and not parsed.fsdp and not parsed.fsdp_plugin_args  # transformers' FSDP off
+    assert not args().seqtune_fsdp
+    with pytest.raises(
+        UserError, match=r"--fsdp offload is not done by seqtune's FSDP on CPUs\. Fix: --fsdp \"full_shard"
+    ):
+        args("--fsdp", "full_shard offload")
+    with pytest.raises(UserError, match=r"--fsdp shard_grad_op is not done"):
+        args("--fsdp", "shard_grad_op auto_wrap")
+    config = tmp_path / "fsdp.json"
+    config.write_text(json.dumps({"fsdp_activation_checkpointing": True, "fsdp_version": 2}))
+    with pytest.raises(UserError, match=r"--fsdp_config asks for activation_checkpointing: true, not done"):
+        args(*TRAINER_FSDP, "--fsdp_config", str(config))
+    with pytest.raises(UserError, match=r"--fsdp_config .*missing\.json cannot be read as JSON"):
+        args(*TRAINER_FSDP, "--fsdp_config", str(tmp_path / "missing.json"))
+    with pytest.raises(UserError, match=r"--fsdp and DeepSpeed both shard the model: choose one"):
+        args(*TRAINER_FSDP, "--deepspeed", '{"zero_optimization": {"stage": 2}}')
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp run_summarization.py
+    assert args().seqtune_fsdp and "ACCELERATE_USE_FSDP" not in os.environ
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(UserError, match=r"accelerate launch --use_fsdp asks for --fsdp_offload_params true"):
+        args()

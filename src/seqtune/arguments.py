@@ -441,6 +441,17 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         metadata={"help": f"Ignored: xla_spawn.py --num_cores sets the TPU cores {LEGACY_FLAG_HELP}."},
     )
     no_cuda: bool = field(default=False, metadata={"help": f"Same as --use_cpu {LEGACY_FLAG_HELP}."})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Examples per optimizer step, all processes and accumulation together: the gradient accumulation "
+            "steps are derived from it (global / (per-device batch x processes)), so that a run resumed on another "
+            "number of processes keeps its batch size, data order and loss curve."
+        },
+    )
+    # --fsdp (or accelerate launch --use_fsdp) on a machine without GPUs: seqtune shards with FSDP2 (set in
+    # __post_init__; transformers' --fsdp is then cleared, it would be plain DDP there).
+    seqtune_fsdp: bool = field(default=False, init=False, repr=False)
 
     def __getstate__(self):
         # The Trainer pickles its arguments into training_args.bin (every checkpoint, the final
@@ -475,9 +486,11 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         import torch
 
         check_mixed_precision(self.fp16, self.bf16, self.use_cpu)  # before anything is written
-        from .sharding import check_trainer_fsdp, deepspeed_config
+        if self.global_batch_size is not None:
+            self.check_at_least_one("global_batch_size")
+        from .sharding import deepspeed_config, trainer_fsdp
 
-        check_trainer_fsdp(self.fsdp, accelerator_available())
+        self.seqtune_fsdp = trainer_fsdp(self, accelerator_available())
         if self.deepspeed:  # checked now (exit 2 on a bad config); ZeRO-3's gotchas handled
             self.deepspeed = deepspeed_config(self.deepspeed)
         if not accelerator_available():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 
 def torch_sampler_base():
     try:
@@ -29,6 +33,51 @@ def accumulation_for(global_batch: int, per_device: int, processes: int) -> int:
             f"that divides it."
         )
     return global_batch // per_pass
+
+
+def apply_global_batch_size(args, processes: int) -> None:
+    """--global_batch_size (both PyTorch recipes): the gradient accumulation that gives it on this many processes
+    (logged when it changes --gradient_accumulation_steps), so that a run resumed on another number keeps its
+    global batch."""
+    if args.global_batch_size is None:
+        return
+    accumulation = accumulation_for(args.global_batch_size, args.per_device_train_batch_size, processes)
+    if accumulation != args.gradient_accumulation_steps:
+        logger.info(
+            "--global_batch_size %d on %d process(es) of %d examples: gradient accumulation set to %d steps "
+            "(--gradient_accumulation_steps was %d).",
+            args.global_batch_size,
+            processes,
+            args.per_device_train_batch_size,
+            accumulation,
+            args.gradient_accumulation_steps,
+        )
+    args.gradient_accumulation_steps = accumulation
+
+
+def log_resume_layout(saved: tuple, here: tuple, where: str) -> None:
+    """A checkpoint resumed on another (processes, accumulation steps, global batch) than it was written with
+    (elastic resume): said, and a different global batch warned about (the data order and the loss curve then
+    differ from the uninterrupted run's). `where`: the position training resumes at, in words."""
+    if saved[0] is None or tuple(saved) == tuple(here):
+        return
+    logger.info(
+        "The checkpoint was written on %d process(es) with %d accumulation step(s); this run has %d and %d: "
+        "resuming %s.",
+        saved[0],
+        saved[1],
+        here[0],
+        here[1],
+        where,
+    )
+    if saved[2] != here[2]:
+        logger.warning(
+            "The checkpoint's global batch was %d examples per step, this run's is %d: the data order and the "
+            "loss curve differ from the uninterrupted run's. Fix: pass --global_batch_size %d.",
+            saved[2],
+            here[2],
+            saved[2],
+        )
 
 
 def token_lengths(dataset, column: str = "input_ids") -> list[int]:

@@ -660,6 +660,29 @@ def check_accelerate_checkpoint(folder: str | None, prog: str) -> None:
     )
 
 
+LAYOUT_KEY = "layout"  # in a Trainer checkpoint's manifest: the processes and batch it was written with
+
+
+def trainer_layout(trainer) -> dict:
+    """(processes, accumulation steps, global batch) of a Trainer run, as its checkpoints' manifests record them."""
+    args = trainer.args
+    return {
+        "processes": args.world_size,
+        "accumulation": args.gradient_accumulation_steps,
+        "global_batch": trainer.global_batch,
+    }
+
+
+def saved_layout(checkpoint: str) -> tuple | None:
+    """The (processes, accumulation steps, global batch) a Trainer checkpoint was written with; None when its
+    manifest does not say (written before seqtune recorded it, or by another tool)."""
+    manifest, _ = _read_manifest(checkpoint)
+    layout = (manifest or {}).get(LAYOUT_KEY)
+    if not isinstance(layout, dict):
+        return None
+    return layout.get("processes"), layout.get("accumulation"), layout.get("global_batch")
+
+
 def save_trainer_checkpoint(trainer, write_checkpoint) -> None:
     """The Trainer recipe's checkpoint: `write_checkpoint()` (the Trainer's own _save_checkpoint) writes
     into the staging root (the trainer's _get_output_dir points there while `trainer._writing_checkpoint`);
@@ -679,7 +702,7 @@ def save_trainer_checkpoint(trainer, write_checkpoint) -> None:
         trainer.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if trainer.args.should_save:
             trainer.state.save_to_json(os.path.join(staged, "trainer_state.json"))  # with the published paths
-            published = publish_checkpoint(staged, output_dir, step)
+            published = publish_checkpoint(staged, output_dir, step, extra={LAYOUT_KEY: trainer_layout(trainer)})
             if trainer.hub_pusher is not None:
                 trainer.hub_pusher.push_checkpoint(published, step)  # per --hub_strategy; never raises
             rotate_checkpoints(output_dir, trainer.args.save_total_limit, keep=trainer.state.best_model_checkpoint)

@@ -1,16 +1,18 @@
-"""FSDP for the Accelerate recipe, applied by seqtune itself (PyTorch's FSDP2, `fully_shard`), on every device.
+"""FSDP applied by seqtune itself (PyTorch's FSDP2, `fully_shard`): the Accelerate recipe's on every device, the
+Trainer recipe's on CPUs (on GPUs transformers runs the Trainer's --fsdp itself).
 
 accelerate enables its FSDP plugin only on accelerator devices (on CPUs it silently trains with plain
 DDP), and FSDP1's full-state-dict gather with CPU offload crashed on CPUs; FSDP2 works on both. So
 seqtune shards the model itself, the same way on CPUs (gloo) and GPUs (nccl):
 
-- `shard_model`: `fully_shard` on every transformer block (the model's `_no_split_modules`: T5Block,
-  BART's encoder and decoder layers), then on the whole model (embeddings, final norms, head). Each
-  process keeps 1/N of every weight (a DTensor sharded on dim 0); a block's weights are gathered for
-  its forward and backward only. accelerate never wraps the model (no DDP on top); the optimizer is
-  built after sharding, on the shards. On a CPU, freed large buffers go back to the OS at once (glibc's
-  heap kept the gathered weights of every block: a process's peak RSS was 2.6 GB instead of 1.7 GB for
-  t5-small's shapes, above DDP's; benchmarks/bench_sharding.py).
+- `shard_for_training`: the checks and the process group, then `shard_model`: `fully_shard` on every
+  transformer block (the model's `_no_split_modules`: T5Block, BART's encoder and decoder layers), then
+  on the whole model (embeddings, final norms, head). Each process keeps 1/N of every weight (a DTensor
+  sharded on dim 0); a block's weights are gathered for its forward and backward only. accelerate never
+  wraps the model (no DDP on top); the optimizer is built after sharding, on the shards. On a CPU, freed
+  large buffers go back to the OS at once (glibc's heap kept the gathered weights of every block: a
+  process's peak RSS was 2.6 GB instead of 1.7 GB for t5-small's shapes, above DDP's;
+  benchmarks/bench_sharding.py).
 - `save_sharded` / `load_sharded`: model and optimizer state as torch.distributed.checkpoint (DCP)
   writes them, each process its own shard, into the checkpoint's staging folder (`FOLDER`); the
   checkpoint is published by `seqtune.checkpoints` as every other (manifest last, one rename). DCP
@@ -45,6 +47,25 @@ def block_classes(model) -> set[str]:
     return set(getattr(model, "_no_split_modules", None) or [])
 
 
+def shard_for_training(model, device: torch.device, bf16: bool = False):
+    """The model sharded for training (`shard_model`), in a process group of one when there is none; a LoRA model
+    is refused (its frozen weights and trainable adapters would need sharding apart)."""
+    from .adapters import is_adapter_model
+    from .errors import UserError
+
+    if is_adapter_model(model):
+        raise UserError(
+            "--fsdp does not shard a LoRA model (--use_peft) in seqtune yet. Fix: drop --fsdp or --use_peft."
+        )
+    ensure_process_group(device)
+    return shard_model(model, device, bf16=bf16)
+
+
+def is_sharded_by_seqtune(model) -> bool:
+    """Whether `shard_model` sharded `model` (not transformers' or accelerate's FSDP)."""
+    return getattr(model, "_sharded_by_seqtune", False)
+
+
 def shard_model(model, device: torch.device, bf16: bool = False):
     """Shard `model` in place with FSDP2 over all processes; return it (now an FSDPModule)."""
     import torch.distributed as dist
@@ -67,6 +88,7 @@ def shard_model(model, device: torch.device, bf16: bool = False):
         fully_shard(block, **settings)
     fully_shard(model, **settings)
     model._is_fsdp_managed_module = True  # transformers' generate then keeps the processes in step
+    model._sharded_by_seqtune = True
     held = [0] * dist.get_world_size()
     dist.all_gather_object(held, local_numel(model))
     logger.info(
@@ -135,6 +157,20 @@ def load_sharded(model, optimizer, folder: str) -> None:
 
 def has_sharded_state(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, FOLDER))
+
+
+def check_same_sharding(checkpoint: str, sharded_run: bool) -> None:
+    """An FSDP checkpoint (DCP shards) resumes an FSDP run only, and the other way round."""
+    from .errors import UserError
+
+    sharded = has_sharded_state(checkpoint)
+    if sharded != sharded_run:
+        written, asked = ("with", "without") if sharded else ("without", "with")
+        raise UserError(
+            f"{checkpoint} was written {written} --fsdp, and this run is {asked} it: its model and optimizer state "
+            f"cannot be loaded this way. Fix: run {written} --fsdp as the checkpoint was, or pass "
+            f"--overwrite_output_dir (or another --output_dir) to start afresh."
+        )
 
 
 def full_state_dict(model) -> dict:

@@ -1,4 +1,4 @@
-"""Models larger than one device: DeepSpeed ZeRO for both recipes, and no silent fallback for FSDP.
+"""Models larger than one device: DeepSpeed ZeRO for both recipes, and FSDP without a silent fallback.
 
 - `deepspeed_config(value)`: the Trainer script's `--deepspeed CONFIG` (a path or inline JSON) and the
   loop's (`--deepspeed`, or `accelerate launch --use_deepspeed --deepspeed_config_file`), read and
@@ -16,9 +16,9 @@
 - `use_venv_extensions_dir()`: where DeepSpeed's JIT-compiled op is cached (see there).
 - `loop_fsdp(args)`: the Accelerate recipe's --fsdp (or `accelerate launch --use_fsdp`): seqtune shards the
   model itself with FSDP2 on every device (`seqtune.fsdp`), accelerate's own FSDP plugin stays off.
-- `check_fsdp(...)`: the Trainer script's --fsdp is passed to transformers on GPUs; on a machine without
-  GPUs transformers and accelerate would silently train with plain DDP, so seqtune refuses it there and
-  names the Accelerate script's --fsdp (FSDP2 on CPUs too).
+- `trainer_fsdp(args, ...)`: the Trainer script's --fsdp is passed to transformers on GPUs; on a machine without
+  GPUs, where transformers and accelerate would silently train with plain DDP, seqtune shards the model itself
+  with FSDP2 (`seqtune.fsdp`, `recipes.trainer_fsdp`) and refuses the options it does not do.
 """
 
 from __future__ import annotations
@@ -164,30 +164,90 @@ def fill_loop_auto_values(config: dict, *, micro_batch: int, accumulation: int, 
     return config
 
 
-def check_fsdp(requested: bool, accelerator_present: bool, how: str) -> None:
-    """Refuse the Trainer's FSDP where it would silently be plain DDP: without GPUs, transformers and
-    accelerate never enable it (no error, no warning), so every process would hold the whole model."""
-    if requested and not accelerator_present:
-        raise UserError(
-            f"{how} asks for FSDP, but on a machine without GPUs transformers and accelerate would silently "
-            f"train with plain DDP (every process holding the whole model): the Trainer script does not run FSDP "
-            f"on CPUs. Fix: use the Accelerate script's --fsdp (run_summarization_no_trainer.py --fsdp under "
-            f"torchrun: FSDP2, real on CPUs too), or shard with DeepSpeed ZeRO (--deepspeed "
-            f'configs/deepspeed/zero3.json; see the README, "Training models larger than one GPU"), or drop {how}.'
-        )
-
-
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in ("true", "1", "yes")
 
 
-def check_trainer_fsdp(fsdp_flag, accelerator_present: bool) -> None:
-    """`check_fsdp` for the Trainer script: its --fsdp, or `accelerate launch --use_fsdp` (which transformers'
-    Trainer would follow too)."""
-    if fsdp_flag:
-        check_fsdp(True, accelerator_present, "--fsdp")
-    else:
-        check_fsdp(_env_flag("ACCELERATE_USE_FSDP"), accelerator_present, "accelerate launch --use_fsdp")
+# The Trainer's --fsdp words and --fsdp_config settings seqtune's FSDP2 does as asked (every block fully sharded)...
+TRAINER_FSDP_WORDS = ("full_shard", "auto_wrap")
+# ... and the --fsdp_config settings that tune FSDP1 or loading only (nothing to honour on CPUs).
+FSDP_CONFIG_TUNING = (
+    "min_num_params",
+    "transformer_layer_cls_to_wrap",
+    "state_dict_type",
+    "backward_prefetch",
+    "forward_prefetch",
+    "use_orig_params",
+    "sync_module_states",
+    "limit_all_gathers",
+    "cpu_ram_efficient_loading",
+)
+
+
+def _fsdp_words(value) -> list[str]:
+    """The words of the Trainer's --fsdp ("full_shard auto_wrap", a list of them, or True)."""
+    if value in (None, True, False):
+        return []
+    items = value.split() if isinstance(value, str) else list(value)
+    return [str(getattr(item, "value", item)).strip().lower() for item in items if str(item).strip()]
+
+
+def _fsdp_config(value) -> dict:
+    """--fsdp_config as transformers reads it (a mapping, inline JSON or the path of a JSON file), keys without
+    "fsdp_"."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise UserError(f"--fsdp_config (inline JSON) is not valid JSON: {error}.") from None
+    elif isinstance(value, str):
+        path = os.path.abspath(os.path.expanduser(value))
+        try:
+            with open(path, encoding="utf-8") as handle:
+                value = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"--fsdp_config {value}: {path} cannot be read as JSON ({error}). Fix: pass the path of a JSON "
+                f"object of FSDP settings, or drop --fsdp_config."
+            ) from None
+    if not isinstance(value, dict):
+        raise UserError(f"--fsdp_config must be a JSON object of FSDP settings, got {type(value).__name__}.")
+    return {key.removeprefix("fsdp_"): setting for key, setting in value.items()}
+
+
+def trainer_fsdp(args, accelerator_present: bool) -> bool:
+    """Whether the Trainer recipe shards with seqtune's FSDP2 (`seqtune.fsdp`): its --fsdp, or `accelerate launch
+    --use_fsdp`, on a machine without GPUs, where transformers and accelerate would silently train with plain DDP
+    (every process holding the whole model). Then the Trainer's own FSDP is switched off (--fsdp cleared,
+    ACCELERATE_USE_FSDP removed) and what seqtune's FSDP2 does not do stops the run here, with one message. On GPUs
+    (False) transformers runs --fsdp itself, as asked."""
+    from_launcher = _env_flag("ACCELERATE_USE_FSDP")
+    if not (args.fsdp or from_launcher) or accelerator_present:
+        return False
+    how = "--fsdp" if args.fsdp else "accelerate launch --use_fsdp"
+    if from_launcher:
+        os.environ.pop("ACCELERATE_USE_FSDP")
+        check_launcher_fsdp_settings()
+    fix = (
+        'Fix: --fsdp "full_shard auto_wrap" (what seqtune does on CPUs: FSDP2, every block fully sharded), '
+        "or run on GPUs, where transformers' FSDP takes every option."
+    )
+    unhonoured = [word for word in _fsdp_words(args.fsdp) if word not in TRAINER_FSDP_WORDS]
+    if unhonoured:
+        raise UserError(f"--fsdp {' '.join(unhonoured)} is not done by seqtune's FSDP on CPUs. {fix}")
+    settings = _fsdp_config(args.fsdp_config) if args.fsdp_config else {}
+    honoured = {"version": 2, "cpu_offload": False, "offload_params": False, "activation_checkpointing": False}
+    honoured.update({"reshard_after_forward": True, "xla": False})
+    unhonoured = [
+        f"{key}: {json.dumps(value)}"
+        for key, value in settings.items()
+        if key not in FSDP_CONFIG_TUNING and str(value).lower() != str(honoured.get(key, object())).lower()
+    ]
+    if unhonoured:
+        raise UserError(f"--fsdp_config asks for {', '.join(unhonoured)}, not done by seqtune's FSDP on CPUs. {fix}")
+    check_fsdp_combinations(args, how)
+    args.fsdp, args.fsdp_config = None, None  # transformers' own FSDP stays off
+    return True
 
 
 def loop_deepspeed_plugin(args, accelerator_present: bool):
@@ -243,6 +303,12 @@ def loop_fsdp(args) -> bool:
     how = "--fsdp" if args.fsdp else "accelerate launch --use_fsdp"
     if from_launcher:
         check_launcher_fsdp_settings()
+    check_fsdp_combinations(args, how)
+    return True
+
+
+def check_fsdp_combinations(args, how: str) -> None:
+    """What seqtune's FSDP2 does not run with (either recipe), refused before anything runs."""
     if args.deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
         raise UserError(f"{how} and DeepSpeed both shard the model: choose one. Fix: drop {how} or --deepspeed.")
     if args.fp16:
@@ -251,7 +317,6 @@ def loop_fsdp(args) -> bool:
         )
     if args.torch_compile:
         raise UserError(f"{how} does not run with --torch_compile in seqtune yet. Fix: drop --torch_compile.")
-    return True
 
 
 def check_launcher_fsdp_settings() -> None:

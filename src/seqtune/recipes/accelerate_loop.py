@@ -43,7 +43,13 @@ from torch.utils.data import DataLoader
 
 from .. import adapters, checkpoints, fsdp
 from ..arguments import DataArguments, LoopArguments, ModelArguments, parse_arguments
-from ..batching import LengthGroupedSampler, accumulation_for, global_batch_size, token_lengths
+from ..batching import (
+    LengthGroupedSampler,
+    apply_global_batch_size,
+    global_batch_size,
+    log_resume_layout,
+    token_lengths,
+)
 from ..data import build_collator
 from ..errors import UserError, exit_on_user_error
 from ..generation import (
@@ -197,25 +203,6 @@ def build_accelerator(args: LoopArguments, prog: str, streaming: bool = False):
     return accelerator
 
 
-def apply_global_batch_size(args: LoopArguments, processes: int) -> None:
-    """--global_batch_size: the gradient accumulation that gives it on this many processes (logged when it
-    changes --gradient_accumulation_steps), so that a run resumed on another number keeps its global batch."""
-    if args.global_batch_size is None:
-        return
-    accumulation = accumulation_for(args.global_batch_size, args.per_device_train_batch_size, processes)
-    if accumulation != args.gradient_accumulation_steps:
-        logger.info(
-            "--global_batch_size %d on %d process(es) of %d examples: gradient accumulation set to %d steps "
-            "(--gradient_accumulation_steps was %d).",
-            args.global_batch_size,
-            processes,
-            args.per_device_train_batch_size,
-            accumulation,
-            args.gradient_accumulation_steps,
-        )
-    args.gradient_accumulation_steps = accumulation
-
-
 def _trackers(args: LoopArguments) -> str | list[str] | None:
     if not args.with_tracking or args.report_to.strip().lower() in ("none", ""):
         return None
@@ -306,7 +293,7 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     train_loader, eval_loader = build_data_loaders(splits, collator, args, total_batch, stream)
     eval_stream = setup.eval_streams.get("validation")  # --streaming: read window by window at each evaluation
     if args.fsdp:
-        model = shard_for_fsdp(model, accelerator)
+        model = fsdp.shard_for_training(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
     optimizer = build_optimizer(model, args, accelerator.device)  # after sharding: on the shards
     if args.fsdp:  # accelerate must neither wrap the sharded model (DDP) nor save its optimizer (DCP does)
         from accelerate.optimizer import AcceleratedOptimizer
@@ -366,16 +353,6 @@ def build_run(accelerator, args: LoopArguments, data_args: DataArguments, setup:
     )
 
 
-def shard_for_fsdp(model, accelerator):
-    """--fsdp: the model sharded over every process with FSDP2 (`seqtune.fsdp.shard_model`)."""
-    if adapters.is_adapter_model(model):
-        raise UserError(
-            "--fsdp does not shard a LoRA model (--use_peft) in seqtune yet. Fix: drop --fsdp or --use_peft."
-        )
-    fsdp.ensure_process_group(accelerator.device)
-    return fsdp.shard_model(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
-
-
 def _model_inputs_only(dataset, model):
     """Drop columns the model's forward() does not take (e.g. token_type_ids of some tokenizers)."""
     accepted = set(inspect.signature(model.forward).parameters)
@@ -430,7 +407,7 @@ def build_optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer
 
 def resume(run: LoopRun, checkpoint: str) -> None:
     logger.info("Resuming from %s.", checkpoint)
-    check_same_sharding(run, checkpoint)
+    fsdp.check_same_sharding(checkpoint, run.fsdp)
     if os.path.isfile(os.path.join(checkpoint, "custom_checkpoint_0.pkl")):
         run.accelerator.load_state(checkpoint)
         if run.fsdp:
@@ -457,37 +434,8 @@ def continue_batching(run: LoopRun) -> None:
     if saved[0] is not None and saved != here:
         steps_into_epoch = state.batches_seen // saved[1]
         state.batches_seen = steps_into_epoch * here[1]
-        logger.info(
-            "The checkpoint was written on %d process(es) with %d accumulation step(s); this run has %d and %d: "
-            "resuming %d steps into epoch %d.",
-            saved[0],
-            saved[1],
-            here[0],
-            here[1],
-            steps_into_epoch,
-            state.epoch,
-        )
-        if saved[2] != here[2]:
-            logger.warning(
-                "The checkpoint's global batch was %d examples per step, this run's is %d: the data order and the "
-                "loss curve differ from the uninterrupted run's. Fix: pass --global_batch_size %d.",
-                saved[2],
-                here[2],
-                saved[2],
-            )
+        log_resume_layout(saved, here, f"{steps_into_epoch} steps into epoch {state.epoch}")
     state.processes, state.accumulation, state.total_batch = here
-
-
-def check_same_sharding(run: LoopRun, checkpoint: str) -> None:
-    """An FSDP checkpoint (DCP shards) resumes an FSDP run only, and the other way round."""
-    sharded = fsdp.has_sharded_state(checkpoint)
-    if sharded != run.fsdp:
-        written, asked = ("with", "without") if sharded else ("without", "with")
-        raise UserError(
-            f"{checkpoint} was written {written} --fsdp, and this run is {asked} it: its model and optimizer state "
-            f"cannot be loaded this way. Fix: run {written} --fsdp as the checkpoint was, or pass "
-            f"--overwrite_output_dir (or another --output_dir) to start afresh."
-        )
 
 
 def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str) -> None:

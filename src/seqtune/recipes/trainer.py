@@ -17,9 +17,15 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import Seq2SeqTrainer
 
-from .. import adapters, checkpoints, progress
+from .. import adapters, checkpoints, fsdp, progress
 from ..arguments import DataArguments, ModelArguments, TrainerArguments, changed_arguments, parse_arguments
-from ..batching import LengthGroupedSampler, global_batch_size, token_lengths
+from ..batching import (
+    LengthGroupedSampler,
+    apply_global_batch_size,
+    global_batch_size,
+    log_resume_layout,
+    token_lengths,
+)
 from ..data import build_collator
 from ..errors import exit_on_user_error
 from ..generation import (
@@ -48,6 +54,7 @@ from .common import (
     training_stream,
     wrap_up_run,
 )
+from .trainer_fsdp import ShardedTraining
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +125,12 @@ class WindowedEvaluation:
             self.args.prediction_loss_only = loss_only
 
 
-class SeqtuneTrainer(WindowedEvaluation, Seq2SeqTrainer):
+class SeqtuneTrainer(ShardedTraining, WindowedEvaluation, Seq2SeqTrainer):
     """Seq2SeqTrainer whose checkpoints appear only when complete (see `seqtune.checkpoints`),
     whose loss is the mean over every target token of the global batch (so 2 processes x 2
     train exactly like 1 process x 4), which stops at the first non-finite loss, and whose
-    distributed evaluation and prediction count every example once, in input order."""
+    distributed evaluation and prediction count every example once, in input order; with
+    --fsdp on CPUs, over a model seqtune sharded itself (`ShardedTraining`)."""
 
     _writing_checkpoint = False  # while True, the Trainer writes into the staging folder
     hub_pusher: HubPusher | None = None  # --push_to_hub: pushes each published checkpoint
@@ -210,10 +218,13 @@ class SeqtuneTrainer(WindowedEvaluation, Seq2SeqTrainer):
         return result
 
     def _generates_alone(self) -> bool:
-        """Each process can generate on its own (sharded models must generate in step: use the Trainer's path)."""
+        """seqtune's one encoder pass serves this model: each process generates on its own, or the model is
+        seqtune's FSDP2 (generate keeps its processes in step); other sharded models take the Trainer's path."""
         from transformers.integrations import is_deepspeed_zero3_enabled
         from transformers.integrations.fsdp import is_fsdp_managed_module
 
+        if fsdp.is_sharded_by_seqtune(self.model):
+            return True
         return not (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
 
     # --- loss: mean over the target tokens of the whole (global, accumulated) batch -------------
@@ -365,6 +376,10 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     if training_args.do_train:
         if trainer.stream is not None and setup.resume_from:
             resume_stream(trainer.stream, setup.resume_from)
+        if setup.resume_from:  # resumed on another number of processes (elastic): said
+            saved = checkpoints.saved_layout(setup.resume_from)
+            here = tuple(checkpoints.trainer_layout(trainer).values())
+            log_resume_layout(saved or (None,), here, f"at step {checkpoints.checkpoint_step(setup.resume_from)}")
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
         # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
         model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
@@ -437,6 +452,13 @@ def build_trainer(
     training_args.generation_num_beams = generation["num_beams"]
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
     training_args.push_to_hub = False  # the Trainer's own pushes would bypass staging and write their own card
+    apply_global_batch_size(training_args, training_args.world_size)  # --global_batch_size: the accumulation
+    if training_args.seqtune_fsdp:  # --fsdp on CPUs: sharded by seqtune before the Trainer sees it (trainer_fsdp)
+        logger.info(
+            "FSDP on a machine without GPUs, where transformers and accelerate would train with plain DDP: seqtune "
+            "shards the model itself (FSDP2, fully_shard per block)."
+        )
+        model = fsdp.shard_for_training(model, training_args.device, bf16=training_args.bf16)
     group = global_batch_size(
         training_args.per_device_train_batch_size, training_args.world_size, training_args.gradient_accumulation_steps
     )
