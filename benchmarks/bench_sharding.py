@@ -4,9 +4,9 @@
 The Trainer script under `torchrun --nproc_per_node N` (CPU processes on gloo without a GPU) on the same
 model, data and steps, once per way of training: DDP (every process holds the weights, gradients and
 AdamW state), ZeRO-2 (gradients and optimizer state sharded), ZeRO-3 (the weights too), ZeRO-3 with the
-optimizer state and weights offloaded to CPU memory (meaningful on GPUs; on a CPU it only moves bytes).
-Then the Accelerate script, DDP and --fsdp (seqtune's FSDP2: weights, gradients and AdamW state sharded),
-compared with each other (the Trainer script's FSDP is refused on CPUs).
+optimizer state and weights offloaded to CPU memory (meaningful on GPUs; on a CPU it only moves bytes), FSDP
+(--fsdp "full_shard auto_wrap": on GPUs transformers' FSDP, on CPUs seqtune's FSDP2: weights, gradients and
+AdamW state sharded). Then the Accelerate script, DDP and --fsdp (seqtune's FSDP2), compared with each other.
 Printed: the largest peak RSS of one process (wait4 on torchrun: the largest of its descendants), the
 mean step time (Trainer: train_runtime / steps; Accelerate script: the time between its first and last
 logged steps / their number, so its evaluation is left out), the final training loss, and each ratio
@@ -40,6 +40,7 @@ WAYS = {  # label: the extra flags of the Trainer script, or of the Accelerate s
     "ZeRO-2": ["--deepspeed", os.path.join(CONFIGS, "zero2.json")],
     "ZeRO-3": ["--deepspeed", os.path.join(CONFIGS, "zero3.json")],
     "ZeRO-3 offload": ["--deepspeed", os.path.join(CONFIGS, "zero3_offload.json")],
+    "FSDP": ["--fsdp", "full_shard auto_wrap"],  # on CPUs: seqtune's FSDP2 inside the Trainer
     "loop DDP": [],
     "loop FSDP": ["--fsdp"],
 }

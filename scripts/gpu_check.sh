@@ -12,7 +12,7 @@
 # (exit 2, "use --bf16") and the others run on the CPU (use STEPS=3 there).
 # The T5-family fp16 warning and a non-finite-loss stop, if any, appear in the runs' logs
 # (WORKDIR/<script>-<precision>.log). Then DeepSpeed ZeRO-2 and ZeRO-3 rows per script, and FSDP rows
-# (fp32 and bf16: the Trainer's --fsdp "full_shard auto_wrap", transformers' FSDP2, refused without a GPU;
+# (fp32 and bf16: the Trainer's --fsdp "full_shard auto_wrap", transformers' FSDP2 on GPUs (seqtune's on CPUs);
 # the loop's --fsdp, seqtune's FSDP2), on every GPU under torchrun (NPROC, default: all GPUs; 2 CPU
 # processes without one; SHARDED=0 skips them).
 set -uo pipefail
@@ -122,7 +122,7 @@ for script in trainer loop; do
         --nproc_per_node "$NPROC" --master_port "$((29500 + RANDOM % 1000))" "${command[@]}" \
         --deepspeed "$REPO/configs/deepspeed/$stage.json"
     done
-    # FSDP: the Trainer's through transformers (GPUs only), the loop's applied by seqtune (any device).
+    # FSDP: the Trainer's through transformers on GPUs (seqtune's FSDP2 on CPUs), the loop's applied by seqtune.
     if [ "$script" = trainer ]; then fsdp=(--fsdp "full_shard auto_wrap"); else fsdp=(--fsdp); fi
     for precision in fp32 bf16; do
       flags=()

@@ -79,7 +79,7 @@ def build_command(
 ) -> list[str]:
     """The one command every attempt runs (same flags each time, as a user would); with `processes` > 1
     under torchrun (--standalone: a free rendezvous port each attempt), with `deepspeed` a ZeRO config,
-    with `fsdp` the no_trainer script's --fsdp (FSDP2, DCP checkpoints)."""
+    with `fsdp` the script's --fsdp (FSDP2, DCP checkpoints)."""
     common = [
         "--model_name_or_path",
         model,
@@ -133,8 +133,8 @@ def build_command(
         ]
     if deepspeed:
         specific += ["--deepspeed", deepspeed]
-    if fsdp:
-        specific += ["--fsdp"]
+    if fsdp:  # the Trainer script's --fsdp takes transformers' words (on CPUs: seqtune's FSDP2, as the loop's)
+        specific += ["--fsdp"] if is_loop_script(script) else ["--fsdp", "full_shard auto_wrap"]
     if processes > 1:  # the kill hits torchrun's whole process group: every rank dies at once
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
         return [*launcher, script, *common, *specific]
@@ -190,7 +190,7 @@ def checkpoint_problems(folder: str, step: int) -> list[str]:
         elif os.path.getsize(path) != size:
             problems.append(f"{folder}: {name} has {os.path.getsize(path)} bytes, manifest says {size}")
     # safetensors weights, DeepSpeed's per-rank model states (the Accelerate script under DeepSpeed), or the
-    # torch.distributed.checkpoint folder of the Accelerate script under --fsdp (every shard read back)
+    # torch.distributed.checkpoint folder of either script under --fsdp (every shard read back)
     files = manifest.get("files", {})
     weights = [n for n in files if n.endswith((".safetensors", "model_states.pt"))]
     weights += sorted({n.split("/")[0] for n in files if n.startswith(DCP_FOLDER + "/")})
@@ -610,7 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_steps", type=int, default=None, help="default: enough for every kill to land")
     parser.add_argument("--processes", type=int, default=1, help="run under torchrun with this many processes")
     parser.add_argument("--deepspeed", default=None, help="a DeepSpeed config (e.g. configs/deepspeed/zero2.json)")
-    parser.add_argument("--fsdp", action="store_true", help="the no_trainer script's --fsdp (use with --processes 2)")
+    parser.add_argument(
+        "--fsdp", action="store_true", help="the script's --fsdp (FSDP2 on CPUs; use with --processes 2)"
+    )
     parser.add_argument(
         "--modes", default=None, help=f"comma-separated kill kinds in order, of {MODES + (FINAL_MODE,)}"
     )
@@ -626,8 +628,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.script):
         parser.error(f"no such script: {args.script}")
-    if args.fsdp and not is_loop_script(args.script):
-        parser.error("--fsdp: the no_trainer script's flag (the Trainer script's FSDP is refused on CPUs)")
     modes = args.modes.split(",") if args.modes else None
     if modes and set(modes) - set(MODES + (FINAL_MODE,)):
         parser.error(f"unknown kill kinds: {sorted(set(modes) - set(MODES + (FINAL_MODE,)))}")

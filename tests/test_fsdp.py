@@ -263,11 +263,17 @@ def trainer_args(t5_model, corpus_files, out, steps: int, *extra) -> list[str]:
     return quick_args(t5_model, corpus_files, out, *STEPS, *flags, "--save_steps", "2", *extra)
 
 
+# evaluated at every checkpoint (between training steps), the best one loaded at the end
+EVALUATE_AND_KEEP_BEST = ["--eval_strategy", "steps", "--eval_steps", "2", "--load_best_model_at_end"]
+
+
 @pytest.fixture(scope="module")
 def trainer_fsdp_six_steps(t5_model, corpus_files, tmp_path_factory):
-    """The Trainer script with --fsdp, 6 steps on 2 processes, a checkpoint every 2; (output dir, its stderr)."""
+    """The Trainer script with --fsdp, 6 steps on 2 processes, a checkpoint and an evaluation every 2, the best
+    checkpoint loaded at the end; (output dir, its stderr)."""
     out = tmp_path_factory.mktemp("trainer-fsdp") / "run"
-    result = run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 6, *TRAINER_FSDP), torchrun(2))
+    args = trainer_args(t5_model, corpus_files, out, 6, *TRAINER_FSDP, *EVALUATE_AND_KEEP_BEST)
+    result = run_script(TRAINER_SCRIPT, args, torchrun(2))
     assert_ok(result)
     return out, result.stderr
 
@@ -276,7 +282,8 @@ def trainer_fsdp_six_steps(t5_model, corpus_files, tmp_path_factory):
 def trainer_ddp_six_steps(t5_model, corpus_files, tmp_path_factory):
     """The same Trainer run with DDP (no --fsdp)."""
     out = tmp_path_factory.mktemp("trainer-ddp") / "run"
-    assert_ok(run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 6), torchrun(2)))
+    args = trainer_args(t5_model, corpus_files, out, 6, *EVALUATE_AND_KEEP_BEST)
+    assert_ok(run_script(TRAINER_SCRIPT, args, torchrun(2)))
     return out
 
 
@@ -304,6 +311,13 @@ def test_trainer_fsdp_shards_on_cpus_and_trains_evaluates_and_predicts_as_ddp(
         assert mine[f"{split}_samples"] == theirs[f"{split}_samples"]
         assert mine[f"{split}_loss"] == pytest.approx(theirs[f"{split}_loss"], abs=1e-4)
         assert mine[f"{split}_rouge1"] == pytest.approx(theirs[f"{split}_rouge1"], abs=1e-6)
+    assert f"Loading the best model from {out / 'checkpoint-6'}" in stderr  # from its DCP shards
+    mine, theirs = (json.load(open(folder / "trainer_state.json"))["log_history"] for folder in (out, ddp))
+    evaluations = [(e["step"], e["eval_loss"]) for e in mine if "eval_loss" in e]
+    assert [step for step, _ in evaluations] == [2, 4, 6]  # during training, the sharded model between steps
+    assert [loss for _, loss in evaluations] == pytest.approx(
+        [e["eval_loss"] for e in theirs if "eval_loss" in e], abs=1e-4
+    )
     predictions = (out / "generated_predictions.txt").read_text().splitlines()
     assert predictions == (ddp / "generated_predictions.txt").read_text().splitlines() and len(predictions) == 12
     # checkpoints: both processes' DCP shards published in the manifest, no gathered model, the layout recorded

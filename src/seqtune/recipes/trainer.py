@@ -376,10 +376,8 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     if training_args.do_train:
         if trainer.stream is not None and setup.resume_from:
             resume_stream(trainer.stream, setup.resume_from)
-        if setup.resume_from:  # resumed on another number of processes (elastic): said
-            saved = checkpoints.saved_layout(setup.resume_from)
-            here = tuple(checkpoints.trainer_layout(trainer).values())
-            log_resume_layout(saved or (None,), here, f"at step {checkpoints.checkpoint_step(setup.resume_from)}")
+        if setup.resume_from:
+            note_resume_layout(trainer, setup.resume_from)
         train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
         # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
         model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
@@ -429,6 +427,14 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
 def _mp_fn(index: int) -> None:
     """Entry point for xla_spawn.py (one call per TPU core)."""
     main()
+
+
+def note_resume_layout(trainer: SeqtuneTrainer, checkpoint: str) -> None:
+    """A checkpoint resumed on another number of processes or accumulation (elastic resume) is said; another
+    global batch is warned about (the Trainer recomputes its position from the optimizer steps taken)."""
+    saved = checkpoints.saved_layout(checkpoint) or (None,)
+    here = tuple(checkpoints.trainer_layout(trainer).values())
+    log_resume_layout(saved, here, f"at step {checkpoints.checkpoint_step(checkpoint)}")
 
 
 def resume_stream(stream: TrainingStream, checkpoint: str) -> None:
