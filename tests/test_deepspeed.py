@@ -190,18 +190,28 @@ def test_zero2_trainer_matches_ddp(zero2_six_steps, t5_model, corpus_files, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_zero2_trainer_resumes_from_its_checkpoint(zero2_six_steps, t5_model, corpus_files, tmp_path):
-    """4 steps, then the same command with --max_steps 6: it resumes from checkpoint-4 and ends with the
-    weights of the uninterrupted 6-step run."""
+@pytest.mark.parametrize("processes", [2, 1])
+def test_zero2_trainer_resumes_from_its_checkpoint(processes, zero2_six_steps, t5_model, corpus_files, tmp_path):
+    """4 steps on 2 processes, then the same command with --max_steps 6 on `processes`: it resumes from
+    checkpoint-4 and ends with the weights of the uninterrupted 6-step run. On 1 process (--global_batch_size 8:
+    accumulation 2) DeepSpeed cannot load the partitioned state: seqtune converts it to DeepSpeed's universal
+    format in a temporary view (the checkpoint itself untouched) and resumes from that."""
     out = tmp_path / "run"
     base = trainer_args(t5_model, corpus_files, out, "--save_steps", "2", "--deepspeed", ZERO2)
+    base += ["--global_batch_size", "8"]
     assert_ok(run_script(TRAINER_SCRIPT, base + ["--max_steps", "4"], launcher=torchrun(2)))
-    result = run_script(TRAINER_SCRIPT, base + ["--max_steps", "6"], launcher=torchrun(2))
+    checkpoint = out / "checkpoint-4"
+    manifest_before = (checkpoint / MANIFEST_NAME).read_text()
+    result = run_script(TRAINER_SCRIPT, base + ["--max_steps", "6"], launcher=torchrun(processes))
     assert_ok(result)
-    assert f"Resuming from {out / 'checkpoint-4'}" in result.stderr
+    assert f"Resuming from {checkpoint}" in result.stderr
+    converted = "DeepSpeed ZeRO state of 2 process(es), this run has 1: converting it to DeepSpeed's universal"
+    assert (converted in result.stderr) == (processes == 1), result.stderr[-3000:]
     with open(out / "trainer_state.json", encoding="utf-8") as handle:
         assert json.load(handle)["global_step"] == 6
     assert largest_difference(weights(out), weights(zero2_six_steps)) <= RESUME_TOLERANCE
+    assert (checkpoint / MANIFEST_NAME).read_text() == manifest_before and incomplete_reason(str(checkpoint)) is None
+    assert not any(name.startswith(".seqtune-") for name in os.listdir(out))  # the view is gone
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +232,8 @@ def roomy_t5(t5_model, tmp_path_factory) -> str:
 def test_zero3_trainer_matches_ddp_and_its_model_summarizes(deepspeed_op, roomy_t5, corpus_files, tmp_path):
     """A ZeRO-3 config as a user might write it (train_batch_size "auto", no persistence threshold, no
     gather flag) trains with sharded weights, as DDP does, and ends with a model.safetensors from_pretrained
-    loads; the embeddings keep their rows (a ZeRO-3 placeholder's shape is empty: not a reason to resize)."""
+    loads; the embeddings keep their rows (a ZeRO-3 placeholder's shape is empty: not a reason to resize).
+    Then it resumes on 2 processes, and is refused on 1."""
     t5_model = roomy_t5
     naive = tmp_path / "my_zero3.json"
     naive.write_text(
@@ -258,13 +269,27 @@ def test_zero3_trainer_matches_ddp_and_its_model_summarizes(deepspeed_op, roomy_
     assert_ok(run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, ddp, "--max_steps", "4"), torchrun(2)))
     assert largest_difference(weights(ddp), saved) <= ZERO3_TOLERANCE
     assert_summarizes(out, tmp_path)
+    # More steps on 1 process: DeepSpeed cannot load ZeRO-3 optimizer state exactly there (its universal loader
+    # is not exact for ZeRO-3): refused with one message, the checkpoint untouched.
+    more = trainer_args(t5_model, corpus_files, out, "--max_steps", "6", "--save_steps", "4", "--deepspeed", naive)
+    refused = run_script(TRAINER_SCRIPT, more + ["--global_batch_size", "8"], launcher=torchrun(1))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr.split("seqtune: error:")[0][-2000:]
+    assert "ZeRO-3 state of 2 process(es) and this run has 1" in refused.stderr, refused.stderr[-3000:]
+    assert "Fix: resume on 2 process(es)" in refused.stderr
+    # On 2 processes it resumes (its partitioned, tied embeddings are recognised as the checkpoint's model).
+    result = run_script(TRAINER_SCRIPT, more, launcher=torchrun(2))
+    assert_ok(result)
+    assert f"Resuming from {out / 'checkpoint-4'}" in result.stderr
+    with open(out / "trainer_state.json", encoding="utf-8") as handle:
+        assert json.load(handle)["global_step"] == 6
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_accelerate_loop_zero2_trains_saves_and_resumes(deepspeed_op, t5_model, corpus_files, tmp_path):
     """`accelerate launch --use_deepspeed --deepspeed_config_file zero2.json`, 2 processes: DeepSpeed's
-    checkpoints published as step_N, a loadable final model; more steps under torchrun --deepspeed resume."""
+    checkpoints published as step_N, a loadable final model; more steps under torchrun --deepspeed on 1 process
+    (--global_batch_size 8) resume through a universal view of the 2-process ZeRO state."""
     out = tmp_path / "run"
     launcher = [
         os.path.join(os.path.dirname(sys.executable), "accelerate"),
@@ -290,10 +315,16 @@ def test_accelerate_loop_zero2_trains_saves_and_resumes(deepspeed_op, t5_model, 
     from transformers import AutoModelForSeq2SeqLM
 
     AutoModelForSeq2SeqLM.from_pretrained(out)
-    # Resumed under torchrun with the loop's own --deepspeed flag: the same ZeRO-2 run, another launcher.
-    result = run_script(LOOP_SCRIPT, base + ["--max_train_steps", "6", "--deepspeed", ZERO2], launcher=torchrun(2))
+    # Resumed under torchrun with the loop's own --deepspeed flag on 1 process: the same ZeRO-2 run, another
+    # launcher, another number of processes (the same global batch).
+    manifest_before = (step_4 / MANIFEST_NAME).read_text()
+    resumed = base + ["--max_train_steps", "6", "--deepspeed", ZERO2, "--global_batch_size", "8"]
+    result = run_script(LOOP_SCRIPT, resumed, launcher=torchrun(1))
     assert_ok(result)
     assert f"Resuming from {step_4}" in result.stderr and "DeepSpeed ZeRO stage 2" in result.stderr
+    assert "DeepSpeed ZeRO state of 2 process(es), this run has 1: converting it" in result.stderr
+    assert (step_4 / MANIFEST_NAME).read_text() == manifest_before and incomplete_reason(str(step_4)) is None
+    assert not any(name.startswith(".seqtune-") for name in os.listdir(out))  # the universal view is gone
     assert [os.path.basename(c) for c in list_checkpoints(str(out))][-1] == "step_6"
     AutoModelForSeq2SeqLM.from_pretrained(out)
     # The learning-rate schedule was in the checkpoint (accelerate leaves it out of DeepSpeed's): 6 steps up.

@@ -524,7 +524,11 @@ def checkpoint_weight_shapes(checkpoint: str) -> tuple[str, dict[str, tuple[int,
 
 def _storage_key(tensor) -> tuple | None:
     if tensor.numel() == 0 or tensor.device.type == "meta":
-        return None
+        # No data to compare (a weight DeepSpeed ZeRO-3 partitioned away, a meta tensor): a tied weight is then
+        # known by being the same Parameter under both names.
+        import torch
+
+        return ("object", id(tensor)) if isinstance(tensor, torch.nn.Parameter) else None
     return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
 
 

@@ -27,6 +27,8 @@ import copy
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 
 from .errors import UserError
@@ -337,3 +339,101 @@ def check_launcher_fsdp_settings() -> None:
             f"block fully sharded) does not do. Fix: drop it from the launch command or the accelerate config "
             f"(full sharding is the default)."
         )
+
+
+# --------------------------------------------------------------------------- ZeRO on another number of processes
+# DeepSpeed partitions the optimizer state (ZeRO-1/2) and the weights (ZeRO-3) by process: its load_checkpoint
+# refuses a checkpoint of another data-parallel size ("Automatic adjustment of ZeRO's optimizer state partitioning
+# with a new world size is not currently supported"). Its universal checkpoint format is not partitioned: seqtune
+# converts the checkpoint's DeepSpeed folder with DeepSpeed's own converter (ds_to_universal) into a temporary view
+# of the checkpoint (its other files linked, the checkpoint itself untouched) and loads that, with DeepSpeed's
+# "load_universal" switched on. ZeRO-1/2 only: ZeRO-3's universal loader is not exact (resume_zero_elsewhere).
+
+ZERO_RANK_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def zero_processes(folder: str) -> int | None:
+    """The number of processes a DeepSpeed ZeRO checkpoint folder (its tag folder) was written by, from its
+    per-process optimizer files; None when it holds none."""
+    if not os.path.isdir(folder):
+        return None
+    ranks = {int(match.group(1)) for match in map(ZERO_RANK_FILE.match, os.listdir(folder)) if match}
+    return len(ranks) or None
+
+
+def universal_view(checkpoint: str, tag: str, view: str, latest_file: str | None) -> str:
+    """`view`: `checkpoint` with its DeepSpeed folder `tag` converted to DeepSpeed's universal format (under the
+    same name, or `latest_file` naming it), every other file linked. Built by the main process; returns `view`."""
+    import subprocess
+
+    shutil.rmtree(view, ignore_errors=True)
+    os.makedirs(view)
+    converted = f"{tag}_universal" if latest_file else tag
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder"]
+    command += [os.path.join(checkpoint, tag), "--output_folder", os.path.join(view, converted)]
+    command += ["--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(view, ignore_errors=True)
+        raise UserError(
+            f"{checkpoint} was written by DeepSpeed on another number of processes and its conversion to DeepSpeed's "
+            f"universal format failed:\n{(result.stdout + result.stderr)[-2000:]}\nFix: resume on the number of "
+            f"processes it was written with."
+        )
+    for name in os.listdir(checkpoint):
+        if name not in (tag, "latest", latest_file):
+            os.symlink(os.path.abspath(os.path.join(checkpoint, name)), os.path.join(view, name))
+    if latest_file:
+        with open(os.path.join(view, latest_file), "w", encoding="utf-8") as handle:
+            handle.write(converted)
+    return view
+
+
+def universal_view_path(output_dir: str, checkpoint: str) -> str:
+    """Where `resume_zero_elsewhere` puts a checkpoint's universal view: a temporary folder of the output dir (a
+    run killed before removing it leaves a leftover the next start cleans up)."""
+    from .checkpoints import TEMPORARY_PREFIX
+
+    return os.path.join(output_dir, f"{TEMPORARY_PREFIX}universal-{os.path.basename(os.path.normpath(checkpoint))}")
+
+
+def resume_zero_elsewhere(config: dict, checkpoint: str, tag: str, processes: int, view: str, latest_file=None):
+    """The folder to resume a ZeRO run from: `checkpoint` itself, or, when it was written on another number of
+    processes, its universal view (`universal_view`, built on the main process while the others wait) with
+    DeepSpeed's `config` told to load that format. Said in the log either way it changes."""
+    from .runtime import barrier, is_main_process
+
+    written = zero_processes(os.path.join(checkpoint, tag))
+    if written is None or written == processes:
+        return checkpoint
+    if zero_stage(config) == 3:
+        # DeepSpeed 0.19's universal loader for ZeRO-3 restores the weights but not AdamW's state exactly: resumed
+        # on the same number of processes through it, a tiny T5 left the uninterrupted run's loss at the second
+        # step after the resume and ended 2.7e-4 away from its weights (ZeRO-2: within 1.2e-7).
+        raise UserError(
+            f"{checkpoint} holds DeepSpeed ZeRO-3 state of {written} process(es) and this run has {processes}: "
+            f"DeepSpeed cannot load ZeRO-3 optimizer state on another number of processes exactly. Fix: resume on "
+            f"{written} process(es), or start a new run from its weights (--model_name_or_path {checkpoint}, "
+            f"another --output_dir); ZeRO-1/2 checkpoints resume on any number."
+        )
+    logger.info(
+        "%s: DeepSpeed ZeRO state of %d process(es), this run has %d: converting it to DeepSpeed's universal "
+        "checkpoint format (ds_to_universal) in %s, which loads on any number of processes.",
+        checkpoint,
+        written,
+        processes,
+        view,
+    )
+    failure = None
+    if is_main_process():
+        try:
+            universal_view(checkpoint, tag, view, latest_file)
+        except UserError as error:
+            failure = error
+    barrier()
+    if failure is not None:
+        raise failure
+    if not os.path.isdir(view):  # the other processes learn of the main one's failure
+        raise UserError(f"{checkpoint}: the main process could not convert its DeepSpeed state (see its message).")
+    config.setdefault("checkpoint", {})["load_universal"] = True
+    return view

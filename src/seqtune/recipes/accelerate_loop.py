@@ -33,6 +33,7 @@ import inspect
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_ov
 from ..progress import Progress
 from ..report import RunLog
 from ..runtime import accelerator_available, is_main_process, setup_logging
-from ..sharding import loop_deepspeed_plugin, loop_fsdp
+from ..sharding import loop_deepspeed_plugin, loop_fsdp, resume_zero_elsewhere, universal_view_path
 from ..streaming import EvaluationStream, TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import cpu_state_dict
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     warn_fp16_overflow(setup.model.config.model_type, accelerator.mixed_precision)
     checkpoints.check_accelerate_checkpoint(setup.resume_from, prog)  # the newest one in --output_dir
 
+    load_from = zero_resume_point(accelerator, args, setup.resume_from)  # before DeepSpeed starts (build_run)
     run = build_run(accelerator, args, data_args, setup)
     if setup.resume_from:
-        resume(run, setup.resume_from)
+        resume(run, setup.resume_from, load_from)
     start_logging(run, args, [model_args, data_args, args])
     started = time.time()
     eval_metrics = train(run, args, hub)
@@ -405,15 +407,33 @@ def build_optimizer(model, args: LoopArguments, device) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=args.learning_rate, fused=device.type in ("cpu", "cuda"))
 
 
-def resume(run: LoopRun, checkpoint: str) -> None:
+def zero_resume_point(accelerator, args: LoopArguments, checkpoint: str | None) -> str | None:
+    """The folder DeepSpeed's state is loaded from on resume: `checkpoint`, or, when its ZeRO state is of another
+    number of processes, a view of it in DeepSpeed's universal format (`sharding.resume_zero_elsewhere`; the
+    plugin's config is told before DeepSpeed starts)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if checkpoint is None or plugin is None:
+        return checkpoint
+    view = universal_view_path(args.output_dir, checkpoint)
+    # accelerate's save_state writes DeepSpeed's state under the tag "pytorch_model" (its MODEL_NAME)
+    return resume_zero_elsewhere(plugin.deepspeed_config, checkpoint, "pytorch_model", accelerator.num_processes, view)
+
+
+def resume(run: LoopRun, checkpoint: str, load_from: str | None = None) -> None:
+    """Continue from `checkpoint` (its state read from `load_from`, a universal view of it, when given)."""
     logger.info("Resuming from %s.", checkpoint)
     fsdp.check_same_sharding(checkpoint, run.fsdp)
+    load_from = load_from or checkpoint
     if os.path.isfile(os.path.join(checkpoint, "custom_checkpoint_0.pkl")):
-        run.accelerator.load_state(checkpoint)
+        run.accelerator.load_state(load_from)
         if run.fsdp:
             fsdp.load_sharded(run.model, run.optimizer.optimizer, checkpoint)
     else:
-        _resume_from_no_trainer_script(run, checkpoint)
+        _resume_from_no_trainer_script(run, checkpoint, load_from)
+    if load_from != checkpoint:  # a ZeRO checkpoint's universal view: loaded, no longer needed
+        run.accelerator.wait_for_everyone()
+        if run.accelerator.is_main_process:
+            shutil.rmtree(load_from, ignore_errors=True)
     state = run.state
     continue_batching(run)
     if run.stream is not None:
@@ -438,7 +458,7 @@ def continue_batching(run: LoopRun) -> None:
     state.processes, state.accumulation, state.total_batch = here
 
 
-def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str) -> None:
+def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str, load_from: str) -> None:
     """A checkpoint of the Hugging Face no_trainer script (`checkpoints.check_accelerate_checkpoint` let it in):
     save_state without LoopState, which that script keeps in the folder's name. Load it with LoopState
     unregistered (load_state loads every registered object and would miss its pickle), then work out the
@@ -447,7 +467,7 @@ def _resume_from_no_trainer_script(run: LoopRun, checkpoint: str) -> None:
     registered = accelerator._custom_objects
     accelerator._custom_objects = [obj for obj in registered if obj is not state]
     try:
-        accelerator.load_state(checkpoint)
+        accelerator.load_state(load_from)
     finally:
         accelerator._custom_objects = registered
     name = os.path.basename(os.path.normpath(checkpoint))

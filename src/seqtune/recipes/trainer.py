@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 
 import torch
@@ -41,7 +42,8 @@ from ..metrics import Scorer, SummaryScorer, decode_token_ids, score_generated
 from ..outputs import atomic_write_text, record_files
 from ..precision import check_loss_is_finite, mixed_precision_name, warn_fp16_overflow
 from ..report import RunLog, RunLogCallback
-from ..runtime import setup_logging
+from ..runtime import is_main_process, setup_logging
+from ..sharding import resume_zero_elsewhere, universal_view_path
 from ..streaming import STREAM_POSITION_FILE, TrainingStream
 from ..tasks import SUMMARIZATION, Task, task_of
 from ..xla import prepare_trainer_arguments
@@ -376,9 +378,12 @@ def main(argv: list[str] | None = None, task: Task = SUMMARIZATION) -> dict:
     if training_args.do_train:
         if trainer.stream is not None and setup.resume_from:
             resume_stream(trainer.stream, setup.resume_from)
-        if setup.resume_from:
-            note_resume_layout(trainer, setup.resume_from)
-        train_result = trainer.train(resume_from_checkpoint=setup.resume_from)
+        resume_from = resume_point(trainer, setup.resume_from) if setup.resume_from else None
+        try:
+            train_result = trainer.train(resume_from_checkpoint=resume_from)
+        finally:
+            if resume_from != setup.resume_from and is_main_process():  # ZeRO's universal view: no longer needed
+                shutil.rmtree(resume_from, ignore_errors=True)
         # --use_peft: the adapter folder (and, with --merge_adapter, OUTPUT_DIR/merged)
         model_files = adapters.save_final(trainer.save_model, trainer.model, setup.tokenizer, model_args, output_dir)
         samples = len(tokenized["train"]) if trainer.stream is None else trainer.examples_trained()
@@ -429,12 +434,23 @@ def _mp_fn(index: int) -> None:
     main()
 
 
-def note_resume_layout(trainer: SeqtuneTrainer, checkpoint: str) -> None:
-    """A checkpoint resumed on another number of processes or accumulation (elastic resume) is said; another
-    global batch is warned about (the Trainer recomputes its position from the optimizer steps taken)."""
+def resume_point(trainer: SeqtuneTrainer, checkpoint: str) -> str:
+    """The folder `trainer.train` resumes from: `checkpoint`, or for DeepSpeed ZeRO state written on another number
+    of processes a view of it in DeepSpeed's universal format (`sharding.resume_zero_elsewhere`). A resume on
+    another number of processes or accumulation (elastic) is said; another global batch is warned about (the
+    Trainer recomputes its position from the optimizer steps taken)."""
     saved = checkpoints.saved_layout(checkpoint) or (None,)
     here = tuple(checkpoints.trainer_layout(trainer).values())
     log_resume_layout(saved, here, f"at step {checkpoints.checkpoint_step(checkpoint)}")
+    args = trainer.args
+    latest = os.path.join(checkpoint, "latest")  # DeepSpeed's: the name of its folder in the checkpoint
+    if not args.deepspeed or not os.path.isfile(latest):
+        return checkpoint
+    with open(latest, encoding="utf-8") as handle:
+        tag = handle.read().strip()
+    view = universal_view_path(args.output_dir, checkpoint)
+    config = args.hf_deepspeed_config.config  # the one DeepSpeed is initialized with, when training starts
+    return resume_zero_elsewhere(config, checkpoint, tag, args.world_size, view, latest_file="latest_universal")
 
 
 def resume_stream(stream: TrainingStream, checkpoint: str) -> None:
