@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@./.ci/ensure_chromium || echo "warning: no chromium: the report's browser test will be skipped"
-	$(PY) -m pytest -n 2 --timeout 900 tests
+	$(PY) -m pytest -n 2 --timeout 900 --durations 15 tests
 
 # ruff (pinned in requirements-dev.txt, configured in pyproject.toml): the tree must be formatted and lint-clean.
 lint: $(STAMP)
