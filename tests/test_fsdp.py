@@ -253,7 +253,7 @@ def test_the_torture_checker_reads_fsdp_shards_and_sees_a_torn_one(fsdp_six_step
 
 # --------------------------------------------------------------------------- the Trainer script's --fsdp on CPUs
 # transformers and accelerate would train it with plain DDP here: seqtune shards the model itself (FSDP2) and the
-# Trainer trains, checkpoints (DCP shards) and saves it (seqtune.recipes.trainer_fsdp).
+# Trainer trains, checkpoints (DCP shards) and saves it (seqtune.fsdp_trainer).
 
 TRAINER_FSDP = ["--fsdp", "full_shard auto_wrap"]
 

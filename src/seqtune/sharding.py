@@ -18,7 +18,7 @@
   model itself with FSDP2 on every device (`seqtune.fsdp`), accelerate's own FSDP plugin stays off.
 - `trainer_fsdp(args, ...)`: the Trainer script's --fsdp is passed to transformers on GPUs; on a machine without
   GPUs, where transformers and accelerate would silently train with plain DDP, seqtune shards the model itself
-  with FSDP2 (`seqtune.fsdp`, `recipes.trainer_fsdp`) and refuses the options it does not do.
+  with FSDP2 (`seqtune.fsdp`, `seqtune.fsdp_trainer`) and refuses the options it does not do.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from ..batching import (
 )
 from ..data import build_collator
 from ..errors import exit_on_user_error
+from ..fsdp_trainer import ShardedTraining
 from ..generation import (
     GenerationTotals,
     evaluate_in_windows,
@@ -56,7 +57,6 @@ from .common import (
     training_stream,
     wrap_up_run,
 )
-from .trainer_fsdp import ShardedTraining
 
 logger = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ def build_trainer(
     pad_multiple = 8 if (training_args.fp16 or training_args.bf16) and not data_args.pad_to_max_length else None
     training_args.push_to_hub = False  # the Trainer's own pushes would bypass staging and write their own card
     apply_global_batch_size(training_args, training_args.world_size)  # --global_batch_size: the accumulation
-    if training_args.seqtune_fsdp:  # --fsdp on CPUs: sharded by seqtune before the Trainer sees it (trainer_fsdp)
+    if training_args.seqtune_fsdp:  # --fsdp on CPUs: sharded by seqtune before the Trainer sees it (fsdp_trainer)
         logger.info(
             "FSDP on a machine without GPUs, where transformers and accelerate would train with plain DDP: seqtune "
             "shards the model itself (FSDP2, fully_shard per block)."

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from .. import fsdp
+from . import fsdp
 
 logger = logging.getLogger(__name__)
 
