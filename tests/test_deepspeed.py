@@ -190,12 +190,15 @@ def test_zero2_trainer_matches_ddp(zero2_six_steps, t5_model, corpus_files, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("processes", [2, 1])
-def test_zero2_trainer_resumes_from_its_checkpoint(processes, zero2_six_steps, t5_model, corpus_files, tmp_path):
-    """4 steps on 2 processes, then the same command with --max_steps 6 on `processes`: it resumes from
-    checkpoint-4 and ends with the weights of the uninterrupted 6-step run. On 1 process (--global_batch_size 8:
-    accumulation 2) DeepSpeed cannot load the partitioned state: seqtune converts it to DeepSpeed's universal
-    format in a temporary view (the checkpoint itself untouched) and resumes from that."""
+def test_zero2_trainer_resumes_from_its_checkpoint_on_another_number_of_processes(
+    zero2_six_steps, t5_model, corpus_files, tmp_path
+):
+    """4 steps on 2 processes, then the same command with --max_steps 6 on 1 (--global_batch_size 8: accumulation
+    2): DeepSpeed cannot load the partitioned state there, so seqtune converts it to DeepSpeed's universal format in
+    a temporary view (the checkpoint itself untouched) and resumes from that, ending with the weights of the
+    uninterrupted 6-step run. (A resume on the same number of processes, DeepSpeed's own path: the ZeRO-3 test and
+    scripts/torture.py --deepspeed.)"""
+    processes = 1
     out = tmp_path / "run"
     base = trainer_args(t5_model, corpus_files, out, "--save_steps", "2", "--deepspeed", ZERO2)
     base += ["--global_batch_size", "8"]
@@ -206,7 +209,7 @@ def test_zero2_trainer_resumes_from_its_checkpoint(processes, zero2_six_steps, t
     assert_ok(result)
     assert f"Resuming from {checkpoint}" in result.stderr
     converted = "DeepSpeed ZeRO state of 2 process(es), this run has 1: converting it to DeepSpeed's universal"
-    assert (converted in result.stderr) == (processes == 1), result.stderr[-3000:]
+    assert converted in result.stderr, result.stderr[-3000:]
     with open(out / "trainer_state.json", encoding="utf-8") as handle:
         assert json.load(handle)["global_step"] == 6
     assert largest_difference(weights(out), weights(zero2_six_steps)) <= RESUME_TOLERANCE
