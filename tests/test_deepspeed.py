@@ -278,7 +278,9 @@ def test_zero3_trainer_matches_ddp_and_its_model_summarizes(deepspeed_op, roomy_
     refused = run_script(TRAINER_SCRIPT, more + ["--global_batch_size", "8"], launcher=torchrun(1))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr.split("seqtune: error:")[0][-2000:]
     assert "ZeRO-3 state of 2 process(es) and this run has 1" in refused.stderr, refused.stderr[-3000:]
-    assert "Fix: resume on 2 process(es)" in refused.stderr
+    assert f"Fix: resume on 2 process(es), or start a new run from its weights (--model_name_or_path {out}" in (
+        refused.stderr
+    )
     # On 2 processes it resumes (its partitioned, tied embeddings are recognised as the checkpoint's model).
     result = run_script(TRAINER_SCRIPT, more, launcher=torchrun(2))
     assert_ok(result)

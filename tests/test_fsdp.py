@@ -194,13 +194,22 @@ def test_global_batch_size_must_divide_evenly(tmp_path):
         apply_global_batch_size(args, 3)
 
 
-def test_fsdp_checkpoint_is_not_resumed_without_fsdp(fsdp_six_steps, t5_model, corpus_files, tmp_path):
+@pytest.mark.parametrize("script", ["loop", "trainer"])
+def test_fsdp_checkpoint_is_not_resumed_without_fsdp(
+    script, fsdp_six_steps, trainer_fsdp_six_steps, t5_model, corpus_files, tmp_path
+):
     """Resuming FSDP shards without --fsdp stops at once with one message (exit 2), not a traceback."""
+    if script == "loop":
+        source, path, args, newest = fsdp_six_steps[0], LOOP_SCRIPT, loop_args, "step_6"
+    else:
+        source, path, args, newest = trainer_fsdp_six_steps[0], TRAINER_SCRIPT, trainer_args, "checkpoint-6"
     out = tmp_path / "run"
-    shutil.copytree(fsdp_six_steps[0], out)
-    result = run_script(LOOP_SCRIPT, loop_args(t5_model, corpus_files, out, 8))
+    shutil.copytree(source, out)
+    result = run_script(path, args(t5_model, corpus_files, out, 8))
     assert result.returncode == 2, result.stderr[-3000:]
-    assert re.search(r"step_6 was written with --fsdp, and this run is without it.*Fix: run with --fsdp", result.stderr)
+    assert re.search(
+        rf"{newest} was written with --fsdp, and this run is without it.*Fix: run with --fsdp", result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -360,15 +369,6 @@ def test_trainer_resumed_on_another_number_of_processes_continues_the_run(
     assert logged_losses(out) == pytest.approx(logged_losses(straight), abs=ELASTIC_TOLERANCE)
 
 
-def test_trainer_fsdp_checkpoint_is_not_resumed_without_fsdp(trainer_fsdp_six_steps, t5_model, corpus_files, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(trainer_fsdp_six_steps[0], out)
-    result = run_script(TRAINER_SCRIPT, trainer_args(t5_model, corpus_files, out, 8))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert re.search(r"checkpoint-6 was written with --fsdp, and this run is without it.*Fix: run with", result.stderr)
-    assert "Traceback" not in result.stderr
-
-
 def test_trainer_fsdp_requests_seqtune_cannot_honour_on_cpus_are_refused(tmp_path, monkeypatch):
     """On CPUs the Trainer's --fsdp becomes seqtune's FSDP2 (transformers' own switched off, not silently DDP);
     an option or --fsdp_config setting it does not do stops at start with one message."""
@@ -401,6 +401,8 @@ def test_trainer_fsdp_requests_seqtune_cannot_honour_on_cpus_are_refused(tmp_pat
     config.write_text(json.dumps({"fsdp_activation_checkpointing": True, "fsdp_version": 2}))
     with pytest.raises(UserError, match=r"--fsdp_config asks for activation_checkpointing: true, not done"):
         args(*TRAINER_FSDP, "--fsdp_config", str(config))
+    with pytest.raises(UserError, match=r"--fsdp_config \(inline JSON\) is not valid JSON: .*Fix: correct it"):
+        args(*TRAINER_FSDP, "--fsdp_config", '{"version": 2')
     with pytest.raises(UserError, match=r"--fsdp_config .*missing\.json cannot be read as JSON"):
         args(*TRAINER_FSDP, "--fsdp_config", str(tmp_path / "missing.json"))
     with pytest.raises(UserError, match=r"--fsdp and DeepSpeed both shard the model: choose one"):

@@ -406,6 +406,14 @@ class OutputArguments:
                 raise UserError(f"--{name} cannot be negative, got {getattr(self, name)}.")
 
 
+# --global_batch_size, a flag of both PyTorch recipes (seqtune.batching.apply_global_batch_size)
+GLOBAL_BATCH_SIZE_HELP = (
+    "Examples per optimizer step, all processes and accumulation together: the gradient accumulation steps are "
+    "derived from it (global / (per-device batch x processes)), so that a run resumed on another number of "
+    "processes keeps its batch size, data order and loss curve."
+)
+
+
 @dataclass
 class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
     """transformers' Seq2SeqTrainingArguments plus the flags older commands still pass."""
@@ -441,14 +449,7 @@ class TrainerArguments(OutputArguments, Seq2SeqTrainingArguments):
         metadata={"help": f"Ignored: xla_spawn.py --num_cores sets the TPU cores {LEGACY_FLAG_HELP}."},
     )
     no_cuda: bool = field(default=False, metadata={"help": f"Same as --use_cpu {LEGACY_FLAG_HELP}."})
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Examples per optimizer step, all processes and accumulation together: the gradient accumulation "
-            "steps are derived from it (global / (per-device batch x processes)), so that a run resumed on another "
-            "number of processes keeps its batch size, data order and loss curve."
-        },
-    )
+    global_batch_size: int | None = field(default=None, metadata={"help": GLOBAL_BATCH_SIZE_HELP})
     # --fsdp (or accelerate launch --use_fsdp) on a machine without GPUs: seqtune shards with FSDP2 (set in
     # __post_init__; transformers' --fsdp is then cleared, it would be plain DDP there).
     seqtune_fsdp: bool = field(default=False, init=False, repr=False)
@@ -658,14 +659,7 @@ class LoopArguments(OutputArguments):
             "--use_deepspeed --deepspeed_config_file CONFIG."
         },
     )
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Examples per optimizer step, all processes and accumulation together: the gradient accumulation "
-            "steps are derived from it (global / (per-device batch x processes)), so that a run resumed on another "
-            "number of processes keeps its batch size, data order and loss curve."
-        },
-    )
+    global_batch_size: int | None = field(default=None, metadata={"help": GLOBAL_BATCH_SIZE_HELP})
     fsdp: bool = field(
         default=False,
         metadata={

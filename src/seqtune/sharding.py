@@ -201,7 +201,10 @@ def _fsdp_config(value) -> dict:
         try:
             value = json.loads(value)
         except ValueError as error:
-            raise UserError(f"--fsdp_config (inline JSON) is not valid JSON: {error}.") from None
+            raise UserError(
+                f"--fsdp_config (inline JSON) is not valid JSON: {error}. Fix: correct it, or pass the path of a "
+                f"JSON file of FSDP settings."
+            ) from None
     elif isinstance(value, str):
         path = os.path.abspath(os.path.expanduser(value))
         try:
@@ -238,8 +241,14 @@ def trainer_fsdp(args, accelerator_present: bool) -> bool:
     if unhonoured:
         raise UserError(f"--fsdp {' '.join(unhonoured)} is not done by seqtune's FSDP on CPUs. {fix}")
     settings = _fsdp_config(args.fsdp_config) if args.fsdp_config else {}
-    honoured = {"version": 2, "cpu_offload": False, "offload_params": False, "activation_checkpointing": False}
-    honoured.update({"reshard_after_forward": True, "xla": False})
+    honoured = {
+        "version": 2,
+        "cpu_offload": False,
+        "offload_params": False,
+        "activation_checkpointing": False,
+        "reshard_after_forward": True,
+        "xla": False,
+    }
     unhonoured = [
         f"{key}: {json.dumps(value)}"
         for key, value in settings.items()
@@ -410,11 +419,16 @@ def resume_zero_elsewhere(config: dict, checkpoint: str, tag: str, processes: in
         # DeepSpeed 0.19's universal loader for ZeRO-3 restores the weights but not AdamW's state exactly: resumed
         # on the same number of processes through it, a tiny T5 left the uninterrupted run's loss at the second
         # step after the resume and ended 2.7e-4 away from its weights (ZeRO-2: within 1.2e-7).
+        # The Trainer's checkpoints also hold the gathered model (the Accelerate script's: DeepSpeed's state only).
+        restart = (
+            f", or start a new run from its weights (--model_name_or_path {checkpoint}, another --output_dir)"
+            if os.path.isfile(os.path.join(checkpoint, "model.safetensors"))
+            else ""
+        )
         raise UserError(
             f"{checkpoint} holds DeepSpeed ZeRO-3 state of {written} process(es) and this run has {processes}: "
             f"DeepSpeed cannot load ZeRO-3 optimizer state on another number of processes exactly. Fix: resume on "
-            f"{written} process(es), or start a new run from its weights (--model_name_or_path {checkpoint}, "
-            f"another --output_dir); ZeRO-1/2 checkpoints resume on any number."
+            f"{written} process(es){restart}; ZeRO-1/2 checkpoints resume on any number."
         )
     logger.info(
         "%s: DeepSpeed ZeRO state of %d process(es), this run has %d: converting it to DeepSpeed's universal "
